@@ -1,0 +1,296 @@
+"""The `mergeflow` command: one verb per pipeline stage, each callable without Snakemake."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mergeflow.io import InputError
+
+log = logging.getLogger("mergeflow")
+
+
+def _json_arg(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from None
+
+
+def _same_length(args: argparse.Namespace, names: Sequence[str]) -> None:
+    lengths = {name: len(getattr(args, name)) for name in names}
+    if len(set(lengths.values())) != 1:
+        raise InputError(f"these lists must have one entry per task: {lengths}")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if visible, else CPU), cpu, cuda, cuda:N")
+    parser.add_argument("--no-progress", action="store_true", help="disable progress bars")
+
+
+def _setup(args: argparse.Namespace, seed: int | None = None) -> object:
+    from mergeflow.runtime import configure_threads, seed_everything, select_device
+
+    configure_threads(args.threads)
+    if seed is not None:
+        seed_everything(seed)
+    device = select_device(args.device)
+    log.info("device: %s", device)
+    return device
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> int:
+    from mergeflow.data import TaskClasses, write_task
+    from mergeflow.tiny import TINY_TASKS, generate_split
+
+    if args.source != "tiny":
+        raise InputError(f"--source {args.source!r}: only the embedded 'tiny' source is available in this version")
+    task = TINY_TASKS.get(args.task)
+    if task is None:
+        raise InputError(f"--task {args.task!r}: unknown tiny task; expected one of {sorted(TINY_TASKS)}")
+    train = generate_split(args.task, args.train_size, args.image_size, args.seed)
+    test = generate_split(args.task, args.test_size, args.image_size, args.seed + 1)
+    counts = write_task(args.out, args.task, TaskClasses(task.classnames, task.templates), train, test)
+    log.info("%s: wrote %s to %s", args.task, counts, args.out)
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from mergeflow.model import build_clip, build_tokenizer, save_model_dir, tiny_clip_spec
+    from mergeflow.pretrain import PretrainSettings, contrastive_pretrain, noisy_captions
+    from mergeflow.tiny import TINY_TASKS, caption, generate_split
+
+    device = _setup(args, args.seed)
+    unknown = [t for t in args.tasks if t not in TINY_TASKS]
+    if unknown:
+        raise InputError(f"--tasks: unknown tiny tasks {unknown}; expected names from {sorted(TINY_TASKS)}")
+    spec = tiny_clip_spec(args.name, args.architecture)
+    images, task_labels = [], []
+    for offset, task in enumerate(args.tasks):
+        task_images, labels = generate_split(task, args.images_per_task, spec.image_size, args.data_seed + offset)
+        images.append(task_images)
+        task_labels += [(task, int(label)) for label in labels]
+    pool = np.concatenate(images)
+    counts = {task: len(TINY_TASKS[task].classnames) for task in args.tasks}
+    captions, caption_ids = noisy_captions(task_labels, caption, counts, args.caption_noise, args.seed)
+    tokens = build_tokenizer(spec)(captions)
+    clip = build_clip(spec)
+    settings = PretrainSettings(args.steps, args.batch_size, args.lr, args.weight_decay, args.warmup_steps, args.seed)
+    losses = contrastive_pretrain(
+        clip, spec, pool, tokens, torch.tensor(caption_ids), settings, device, progress=not args.no_progress)
+    log.info("pretrain loss: first %.4f, last %.4f over %d steps", losses[0], losses[-1], len(losses))
+    save_model_dir(args.out, spec, clip.cpu())
+    return 0
+
+
+def cmd_build_head(args: argparse.Namespace) -> int:
+    from mergeflow.data import load_classes
+    from mergeflow.heads import save_head, zero_shot_head
+    from mergeflow.model import build_tokenizer, load_clip
+
+    device = _setup(args)
+    spec, clip = load_clip(args.model_dir)
+    classes = load_classes(args.data_dir)
+    head = zero_shot_head(clip.to(device), build_tokenizer(spec), classes.classnames, classes.templates, device)
+    save_head(args.out, head, clip.logit_scale.detach().cpu(), task=Path(args.data_dir).name, model=spec.name)
+    log.info("head %s: %d classes × %d templates → %s", Path(args.data_dir).name, len(classes.classnames), len(classes.templates), args.out)
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from mergeflow.data import load_split
+    from mergeflow.finetune import FinetuneSettings, finetune_image_encoder
+    from mergeflow.heads import load_head
+    from mergeflow.io import save_state_dict
+    from mergeflow.model import load_image_encoder, load_spec
+
+    device = _setup(args, args.seed)
+    spec = load_spec(args.model_dir)
+    visual = load_image_encoder(args.model_dir)
+    head, logit_scale = load_head(args.head)
+    images, labels = load_split(args.data_dir, "train")
+    settings = FinetuneSettings(
+        args.steps, args.batch_size, args.lr, args.weight_decay, args.warmup_steps, args.grad_clip, args.seed
+    )
+    losses = finetune_image_encoder(
+        visual, head, logit_scale, images, labels, spec, settings, device, progress=not args.no_progress
+    )
+    log.info("finetune loss: first %.4f, last %.4f over %d steps", losses[0], losses[-1], len(losses))
+    save_state_dict(args.out, visual.cpu().state_dict(), {"model": spec.name, "task": Path(args.data_dir).name})
+    return 0
+
+
+def _task_splits(args: argparse.Namespace) -> list:
+    from mergeflow.data import load_split
+    from mergeflow.heads import load_head
+    from mergeflow.merge_eval import TaskSplits
+
+    return [
+        TaskSplits(task, load_head(head)[0], load_split(data, "val"), load_split(data, "test"))
+        for task, head, data in zip(args.tasks, args.heads, args.data)
+    ]
+
+
+def cmd_evaluate_reference(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from mergeflow.io import atomic_path, load_state_dict
+    from mergeflow.merge_eval import make_evaluator
+    from mergeflow.model import load_image_encoder, load_spec
+
+    _same_length(args, ["tasks", "heads", "data", "finetuned"])
+    device = _setup(args)
+    spec = load_spec(args.model_dir)
+    visual = load_image_encoder(args.model_dir)
+    tasks = _task_splits(args)
+    evaluate = make_evaluator(visual, spec, tasks, device, args.batch_size)
+    pretrained = load_state_dict(Path(args.model_dir) / "pretrained.safetensors")
+    rows = []
+    for split in ("val", "test"):
+        zeroshot = evaluate(pretrained, split)
+        for task, finetuned in zip(args.tasks, args.finetuned):
+            individual = make_evaluator(visual, spec, [t for t in tasks if t.name == task], device, args.batch_size)
+            rows.append(
+                {"task": task, "split": split, "zeroshot": zeroshot[task], "individual": individual(load_state_dict(finetuned), split)[task]}
+            )
+    table = pd.DataFrame(rows)
+    with atomic_path(args.out) as tmp:
+        table.to_csv(tmp, index=False)
+    log.info("reference accuracies:\n%s", table.to_string(index=False))
+    return 0
+
+
+def cmd_merge_eval(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from mergeflow.io import atomic_path, load_state_dict
+    from mergeflow.merge_eval import make_evaluator, sweep_method
+    from mergeflow.model import load_image_encoder, load_spec
+
+    _same_length(args, ["tasks", "heads", "data", "finetuned"])
+    device = _setup(args)
+    spec = load_spec(args.model_dir)
+    visual = load_image_encoder(args.model_dir)
+    reference_table = pd.read_csv(args.reference)
+    reference = {
+        split: dict(zip(group["task"], group["individual"])) for split, group in reference_table.groupby("split")
+    }
+    missing = [t for t in args.tasks if t not in reference.get("val", {}) or t not in reference.get("test", {})]
+    if missing:
+        raise InputError(f"{args.reference}: no val/test rows for tasks {missing}")
+    evaluate = make_evaluator(visual, spec, _task_splits(args), device, args.batch_size)
+    pretrained = load_state_dict(Path(args.model_dir) / "pretrained.safetensors")
+    finetuned = [load_state_dict(path) for path in args.finetuned]
+    rows = sweep_method(
+        args.method, args.grid, pretrained, finetuned, evaluate, reference, device=str(device), progress=not args.no_progress
+    )
+    with atomic_path(args.out) as tmp:
+        rows.to_csv(tmp, index=False)
+    best = rows[rows["best"] & (rows["split"] == "test")]
+    log.info("%s: best setting %s, test average accuracy %.4f", args.method, best["setting"].iloc[0], best["accuracy"].mean())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mergeflow", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prepare-data", help="generate or download one task's data and store its splits")
+    p.add_argument("--source", default="tiny", help="where the data comes from (tiny: the embedded benchmark)")
+    p.add_argument("--task", required=True)
+    p.add_argument("--image-size", type=int, required=True)
+    p.add_argument("--train-size", type=int, required=True, help="examples in the full training split (val is held out of it)")
+    p.add_argument("--test-size", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="task directory")
+    p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("pretrain", help="contrastively pre-train the embedded tiny CLIP")
+    p.add_argument("--name", required=True, help="model name recorded in model.json")
+    p.add_argument("--architecture", type=_json_arg, required=True, help="JSON object of the tiny architecture keys")
+    p.add_argument("--tasks", nargs="+", required=True)
+    p.add_argument("--images-per-task", type=int, required=True)
+    p.add_argument("--caption-noise", type=float, default=0.0)
+    p.add_argument("--data-seed", type=int, default=1000, help="seed of the pre-training images (distinct from the task splits)")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--lr", type=float, required=True)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="model directory")
+    _common(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("build-head", help="zero-shot head of one task from class names and templates")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--data-dir", required=True, help="prepared task directory (its classnames.json)")
+    p.add_argument("--out", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_build_head)
+
+    p = sub.add_parser("finetune", help="fine-tune the image encoder on one task with its frozen head")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--head", required=True)
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--lr", type=float, required=True)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_finetune)
+
+    for name, func, help_text in (
+        ("evaluate-reference", cmd_evaluate_reference, "zero-shot and individual fine-tuned accuracies per task"),
+        ("merge-eval", cmd_merge_eval, "merge over a grid, select on val, evaluate test at the selected settings"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--model-dir", required=True)
+        p.add_argument("--tasks", nargs="+", required=True)
+        p.add_argument("--heads", nargs="+", required=True, help="one head file per task, in --tasks order")
+        p.add_argument("--data", nargs="+", required=True, help="one prepared task directory per task")
+        p.add_argument("--finetuned", nargs="+", required=True, help="one fine-tuned image encoder per task")
+        p.add_argument("--batch-size", type=int, default=256)
+        p.add_argument("--out", required=True, help="CSV file")
+        if name == "merge-eval":
+            p.add_argument("--method", required=True)
+            p.add_argument("--grid", type=_json_arg, default={}, help="JSON object: hyper-parameter → value or list")
+            p.add_argument("--reference", required=True, help="CSV written by evaluate-reference")
+        _common(p)
+        p.set_defaults(func=func)
+
+    from mergeflow.merging.cli import add_merge_commands
+    from mergeflow.report.cli import add_report_commands
+
+    add_merge_commands(sub)
+    add_report_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    try:
+        return int(args.func(args))
+    except InputError as err:
+        log.error("%s", err)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Fine-tune a CLIP image encoder on one task through its frozen zero-shot head (METHODS.md protocol)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mergeflow.heads import head_logits
+from mergeflow.model import ModelSpec, images_to_tensor
+from mergeflow.optim import adamw, cosine_with_warmup
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    grad_clip: float
+    seed: int
+
+
+def finetune_image_encoder(
+    visual: torch.nn.Module,
+    head: torch.Tensor,
+    logit_scale: torch.Tensor,
+    images: np.ndarray,
+    labels: np.ndarray,
+    spec: ModelSpec,
+    settings: FinetuneSettings,
+    device: torch.device,
+    *,
+    progress: bool = True,
+) -> list[float]:
+    """AdamW, cosine schedule with linear warm-up, gradient clipping; the head never changes.
+
+    Batches are drawn without replacement within each epoch from a generator seeded by `settings.seed`.
+    Returns the loss per step.
+    """
+    visual.to(device).train()
+    head = head.to(device)
+    logit_scale = logit_scale.to(device)
+    targets_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    optimizer = adamw(visual.parameters(), settings.lr, settings.weight_decay)
+    schedule = cosine_with_warmup(optimizer, settings.warmup_steps, settings.steps)
+    generator = np.random.default_rng(settings.seed)
+    order = generator.permutation(len(labels))
+    cursor = 0
+    losses: list[float] = []
+    for _ in tqdm(range(settings.steps), desc="finetune", disable=not progress, mininterval=5.0):
+        if cursor + settings.batch_size > len(order):
+            order, cursor = generator.permutation(len(labels)), 0
+        batch = np.sort(order[cursor : cursor + settings.batch_size])
+        cursor += settings.batch_size
+        logits = head_logits(visual(images_to_tensor(images[batch], spec, device)), head, logit_scale)
+        loss = F.cross_entropy(logits, targets_all[batch].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(visual.parameters(), settings.grad_clip)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+    visual.eval()
+    return losses

@@ -1,0 +1,81 @@
+"""Atomic file writing and safetensors state-dict input/output."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from mergeflow.types import StateDict
+
+
+class InputError(ValueError):
+    """Bad user input: the message names the file, key or config path at fault."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
+
+    A killed or failing writer therefore never leaves a file that looks finished.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from None
+
+
+def save_state_dict(
+    path: str | os.PathLike[str], state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> None:
+    """Write tensors as safetensors atomically (contiguous CPU copies, keys sorted by safetensors)."""
+    # torch is imported on use so that torch-free verbs (data preparation, reports) start fast.
+    from safetensors.torch import save_file
+
+    tensors = {key: value.detach().to("cpu").contiguous() for key, value in state_dict.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=dict(metadata) if metadata else None)
+
+
+def load_state_dict(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> StateDict:
+    """Read a safetensors file, turning library errors into messages that name the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise InputError(f"{path}: file not found (expected a safetensors state dict)")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"{path}: not a readable safetensors file ({err})") from None

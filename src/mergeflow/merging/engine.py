@@ -1,0 +1,149 @@
+"""Run a registered method over every tensor of a model: in memory, as a λ-sweepable direction, or for the streamer.
+
+Memory and files go through the same per-tensor loop (`tensor_merges`), which is why a streamed
+merge equals the in-memory merge bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mergeflow.merging.context import Placement, combine, load_context, placement_for, progress_over
+from mergeflow.merging.factors import TaskFactors, factors_for_method
+from mergeflow.merging.registry import MergeMethod, get_method, resolve_hparams
+from mergeflow.merging.sources import InMemorySource, TensorSource
+from mergeflow.merging.spectral import MatrixFactors
+from mergeflow.types import StateDict
+
+
+@dataclass(frozen=True)
+class TensorMerge:
+    """One key's merge: `origin + lam * delta` cast to `dtype`; `touched` is False when it is θ_0 copied."""
+
+    key: str
+    origin: torch.Tensor
+    delta: torch.Tensor | None
+    dtype: torch.dtype
+    touched: bool
+
+
+@dataclass(frozen=True)
+class MergeDirection:
+    """A merged model as a line in weight space: origin + lam·delta, for any lam, without re-merging.
+
+    `delta` omits keys whose merge is the origin itself (they ignore lam, as every key of
+    weight_averaging and zeroshot does). `origin` tensors may share storage with the pretrained
+    model; treat them as read-only. `dtypes` are the pretrained dtypes the merged tensors take;
+    `touched` the keys whose merge is not a copy of θ_0.
+    """
+
+    origin: StateDict
+    delta: StateDict
+    dtypes: Mapping[str, torch.dtype]
+    touched: frozenset[str]
+
+    def at(self, lam: float) -> StateDict:
+        """origin + lam·delta as new tensors with the pretrained dtypes."""
+        return {key: combine(origin, self.delta.get(key), lam, self.dtypes[key]) for key, origin in self.origin.items()}
+
+
+def lam_of(hparams: Mapping[str, Any]) -> float:
+    """The λ a resolved merge applies; methods without one have no delta, so any value does."""
+    return float(hparams.get("lam", 0.0))
+
+
+def tensor_merges(
+    method: MergeMethod,
+    hparams: Mapping[str, Any],
+    source: TensorSource,
+    *,
+    factors: TaskFactors | None,
+    device: str | torch.device,
+    progress: bool,
+) -> Iterator[TensorMerge]:
+    """Run the method's whole-model pass, if any, then yield every key's merge in the pretrained key order.
+
+    `hparams` must already be resolved. Non-floating-point tensors are copied from the pretrained model.
+    """
+    placement = placement_for(source, device)
+    reusable: Mapping[str, MatrixFactors] = (
+        factors_for_method(method.name, method.factors, factors, source) if factors is not None else {}
+    )
+    statistics = method.statistics(source, hparams, placement, progress) if method.statistics is not None else None
+    for key in progress_over(source.keys, f"{method.name}: merging", progress):
+        yield merge_tensor(method, hparams, source, key, placement, statistics, reusable.get(key))
+
+
+def merge_tensor(
+    method: MergeMethod,
+    hparams: Mapping[str, Any],
+    source: TensorSource,
+    key: str,
+    placement: Placement,
+    statistics: Any,
+    factors: MatrixFactors | None,
+) -> TensorMerge:
+    """One key's merge. A function of its own so that the key's context (all T tensors and their task
+    vectors) is freed when it returns, before the next key is read."""
+    spec = source.spec(key)
+    if not spec.is_float:
+        return TensorMerge(key, source.load_pretrained(key).to(placement.device), None, spec.dtype, False)
+    ctx = load_context(source, key, hparams, placement, statistics, factors)
+    direction = method.direction(ctx)
+    touched = direction.delta is not None or direction.origin is not ctx.pretrained
+    return TensorMerge(key, direction.origin, direction.delta, spec.dtype, touched)
+
+
+def merge_direction(
+    name: str,
+    pretrained: StateDict,
+    finetuned: Sequence[StateDict],
+    hparams: Mapping[str, Any],
+    *,
+    factors: TaskFactors | None = None,
+    device: str = "cpu",
+) -> MergeDirection:
+    """The method's merge as origin + lam·delta for every key (`lam` in hparams is checked, then ignored).
+
+    Tensors live on `device`. `factors` (cart, lowrank_ta, tsv_m) are reused instead of decomposing;
+    keys they lack are decomposed on the spot, identically.
+    """
+    method = get_method(name)
+    resolved = resolve_hparams(name, hparams)
+    origin: StateDict = {}
+    delta: StateDict = {}
+    dtypes: dict[str, torch.dtype] = {}
+    touched: set[str] = set()
+    source = InMemorySource(pretrained, finetuned)
+    for merge in tensor_merges(method, resolved, source, factors=factors, device=device, progress=False):
+        origin[merge.key] = merge.origin
+        dtypes[merge.key] = merge.dtype
+        if merge.delta is not None:
+            delta[merge.key] = merge.delta
+        if merge.touched:
+            touched.add(merge.key)
+    return MergeDirection(origin, delta, dtypes, frozenset(touched))
+
+
+def merge_state_dicts(
+    name: str,
+    pretrained: StateDict,
+    finetuned: Sequence[StateDict],
+    hparams: Mapping[str, Any],
+    *,
+    factors: TaskFactors | None = None,
+    device: str = "cpu",
+) -> StateDict:
+    """Merge in memory with method `name`: a new state dict on `device`, keys and dtypes of `pretrained`."""
+    method = get_method(name)
+    resolved = resolve_hparams(name, hparams)
+    lam = lam_of(resolved)
+    source = InMemorySource(pretrained, finetuned)
+    return {
+        merge.key: combine(merge.origin, merge.delta, lam, merge.dtype)
+        for merge in tensor_merges(method, resolved, source, factors=factors, device=device, progress=False)
+    }

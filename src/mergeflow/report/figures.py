@@ -1,0 +1,205 @@
+"""The rank-sweep figure: average test accuracy against the rank ratio ρ.
+
+Drawn with the object-oriented `Figure` API (no pyplot, so no global backend or
+figure state): saving a PNG goes through Agg, a PDF through the PDF backend.
+Creation dates and the software stamp are left out so the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import matplotlib.style
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
+
+from mergeflow.io import InputError, atomic_path
+from mergeflow.report.results import PathLike, source_of
+
+SWEEP_METHOD_LABELS = {
+    "cart": "centered task vectors (CART)",
+    "lowrank_ta": "original task vectors (low-rank TA)",
+}
+# Below this ρ the symlog axis is linear, so ρ = 0 has a place and 0.02-0.16 stay apart.
+SYMLOG_LINEAR_THRESHOLD = 0.02
+# Width of that linear part in decades: enough to separate 0 from 0.02 without wasting the axis.
+SYMLOG_LINEAR_SCALE = 0.4
+PNG_DPI = 200
+
+# Okabe-Ito colours (safe for the common colour-vision deficiencies); each line also has
+# its own marker or dash pattern so the figure still reads in grayscale.
+_SWEEP_STYLES = {
+    "cart": {"color": "#0072B2", "linestyle": "-", "marker": "o"},
+    "lowrank_ta": {"color": "#D55E00", "linestyle": (0, (5, 2)), "marker": "s"},
+}
+_REFERENCE_STYLES = {
+    "individual": {"color": "#000000", "linestyle": "-", "linewidth": 0.9},
+    "task arithmetic": {"color": "#CC79A7", "linestyle": (0, (9, 3)), "linewidth": 1.2},
+    "weight averaging": {"color": "#009E73", "linestyle": (0, (4, 1.5, 1, 1.5)), "linewidth": 1.2},
+    "zero-shot": {"color": "#666666", "linestyle": (0, (1, 2)), "linewidth": 1.2},
+}
+_RC = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    # Embedded TrueType keeps the PDF text editable and searchable.
+    "pdf.fonttype": 42,
+}
+_PNG_METADATA = {"Software": None}
+_PDF_METADATA = {"CreationDate": None, "ModDate": None}
+
+
+@dataclass(frozen=True)
+class SweepCurve:
+    method: str
+    ranks: tuple[float, ...]
+    average_accuracy: tuple[float, ...]  # percent, one per rank
+
+
+@dataclass(frozen=True)
+class ReferenceLine:
+    label: str
+    average_accuracy: float  # percent
+
+
+def plot_rank_sweep(
+    reference: pd.DataFrame,
+    results: pd.DataFrame,
+    out_stem: PathLike,
+    tasks: Sequence[str] | None = None,
+    title: str | None = None,
+) -> list[Path]:
+    """Write `out_stem`.png and `out_stem`.pdf; return their paths.
+
+    Averages run over `tasks` (default: every task with a test row in `reference`).
+    Each rank's point is that rank's val-selected setting (`best_at_sweep` test rows).
+    """
+    task_list = list(tasks) if tasks is not None else _test_tasks(reference)
+    curves = sweep_curves(results, task_list)
+    lines = reference_lines(reference, results, task_list)
+    stem = Path(out_stem)
+    outputs = [stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.pdf"]
+    # Start from matplotlib's defaults so a user's matplotlibrc cannot change the output.
+    with matplotlib.style.context("default"), matplotlib.rc_context(_RC):
+        figure = _draw(curves, lines, title)
+        with atomic_path(outputs[0]) as tmp:
+            figure.savefig(tmp, format="png", dpi=PNG_DPI, metadata=_PNG_METADATA)
+        with atomic_path(outputs[1]) as tmp:
+            figure.savefig(tmp, format="pdf", metadata=_PDF_METADATA)
+    return outputs
+
+
+def sweep_curves(results: pd.DataFrame, tasks: Sequence[str]) -> list[SweepCurve]:
+    """Average test accuracy per rank for each sweep method present; at least one must be."""
+    present = [method for method in SWEEP_METHOD_LABELS if (results["method"] == method).any()]
+    curves = [_sweep_curve(results, method, tasks) for method in present]
+    if not curves:
+        raise InputError(
+            f"no results for {' or '.join(SWEEP_METHOD_LABELS)}; expected at least one rank-sweep method for the figure"
+        )
+    return curves
+
+
+def _sweep_curve(results: pd.DataFrame, method: str, tasks: Sequence[str]) -> SweepCurve:
+    rows = results[(results["method"] == method) & results["best_at_sweep"] & (results["split"] == "test")]
+    source = source_of(results, method)
+    if rows.empty:
+        raise InputError(f"{source}: no test rows with best_at_sweep=True; expected one val-selected setting per rank")
+    if rows["rank"].isna().any():
+        raise InputError(f"{source}: best_at_sweep test rows without a rank; expected a rank ratio on every one")
+    points: dict[float, float] = {}
+    for setting, group in rows.groupby("setting", sort=False):
+        rank = float(group["rank"].iloc[0])
+        if rank in points:
+            raise InputError(
+                f"{source}: several best_at_sweep settings at rank {rank:g} (one is {setting}); "
+                "expected exactly one val-selected setting per rank"
+            )
+        points[rank] = _average_percent(group, tasks, f"{source}: setting {setting}")
+    ranks = sorted(points)
+    return SweepCurve(method, tuple(ranks), tuple(points[rank] for rank in ranks))
+
+
+def reference_lines(reference: pd.DataFrame, results: pd.DataFrame, tasks: Sequence[str]) -> list[ReferenceLine]:
+    """Individual, weight averaging, task arithmetic (if present) and zero-shot, highest first."""
+    if not (results["method"] == "weight_averaging").any():
+        raise InputError("no results for weight_averaging; expected them for the figure's reference line")
+    test = reference[reference["split"] == "test"].set_index("task")
+    missing = [task for task in tasks if task not in test.index]
+    if missing:
+        source = reference.attrs.get("source", "reference")
+        raise InputError(f"{source}: no test row for task(s) {', '.join(missing)}; expected one per plotted task")
+    lines = [
+        ReferenceLine("individual", 100.0 * float(test.loc[list(tasks), "individual"].mean())),
+        ReferenceLine("zero-shot", 100.0 * float(test.loc[list(tasks), "zeroshot"].mean())),
+    ]
+    for method, label in (("task_arithmetic", "task arithmetic"), ("weight_averaging", "weight averaging")):
+        if (results["method"] == method).any():
+            lines.append(ReferenceLine(label, _best_average_percent(results, method, tasks)))
+    # Highest first, so the legend lists them in the order they appear on the plot.
+    return sorted(lines, key=lambda line: -line.average_accuracy)
+
+
+def _best_average_percent(results: pd.DataFrame, method: str, tasks: Sequence[str]) -> float:
+    rows = results[(results["method"] == method) & results["best"] & (results["split"] == "test")]
+    source = source_of(results, method)
+    if rows.empty:
+        raise InputError(f"{source}: no test rows with best=True; expected the test rows of the val-selected setting")
+    return _average_percent(rows, tasks, f"{source}: best setting")
+
+
+def _average_percent(rows: pd.DataFrame, tasks: Sequence[str], where: str) -> float:
+    accuracy = rows.set_index("task")["accuracy"]
+    missing = [task for task in tasks if task not in accuracy.index]
+    if missing:
+        raise InputError(f"{where} lacks test rows for task(s) {', '.join(missing)}; expected every plotted task")
+    return 100.0 * float(accuracy.loc[list(tasks)].mean())
+
+
+def _test_tasks(reference: pd.DataFrame) -> list[str]:
+    return list(pd.unique(reference.loc[reference["split"] == "test", "task"]))
+
+
+def _draw(curves: Sequence[SweepCurve], lines: Sequence[ReferenceLine], title: str | None) -> Figure:
+    figure = Figure(figsize=(6.4, 4.6), layout="constrained")
+    axes = figure.add_subplot()
+    # The scale is set before drawing so that autoscaling adds its margins in symlog space.
+    axes.set_xscale("symlog", linthresh=SYMLOG_LINEAR_THRESHOLD, linscale=SYMLOG_LINEAR_SCALE)
+    # Reference lines first, so they lie under the curves.
+    line_handles = [
+        axes.axhline(
+            line.average_accuracy,
+            label=f"{line.label} ({line.average_accuracy:.1f})",
+            **_REFERENCE_STYLES[line.label],
+        )
+        for line in lines
+    ]
+    curve_handles = [
+        axes.plot(
+            curve.ranks,
+            curve.average_accuracy,
+            linewidth=1.8,
+            markersize=5,
+            label=SWEEP_METHOD_LABELS[curve.method],
+            **_SWEEP_STYLES[curve.method],
+        )[0]
+        for curve in curves
+    ]
+    ranks = sorted({rank for curve in curves for rank in curve.ranks})
+    axes.xaxis.set_minor_locator(NullLocator())
+    axes.set_xticks(ranks, [f"{rank:g}" for rank in ranks])
+    axes.set_xlabel(f"rank ratio ρ = k / min(m, n)  (symlog scale, linear below {SYMLOG_LINEAR_THRESHOLD:g})")
+    axes.set_ylabel("average test accuracy (%)")
+    heading = "Low-rank merging: average test accuracy vs. rank ratio"
+    axes.set_title(f"{heading}\n{title}" if title else heading)
+    axes.grid(True, linewidth=0.4, alpha=0.5)
+    # Outside the axes so it can never hide data.
+    figure.legend(handles=[*curve_handles, *line_handles], loc="outside lower center", ncols=2, frameon=False)
+    return figure

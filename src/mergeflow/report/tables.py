@@ -1,0 +1,240 @@
+"""The main results table: one row per method, one column per task, in two metrics.
+
+`main_table` builds a tidy frame in percent at full precision; the Markdown and
+LaTeX renderings format exactly those numbers to one decimal, so every printed
+number is the CSV value rounded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from mergeflow.io import InputError, atomic_path, write_text
+from mergeflow.report.results import PathLike, source_of
+
+METHOD_DISPLAY_NAMES = {
+    "zeroshot": "zero-shot merge",
+    "weight_averaging": "weight averaging",
+    "task_arithmetic": "task arithmetic",
+    "ties": "TIES",
+    "dare": "DARE",
+    "magmax": "MagMax",
+    "consensus": "consensus",
+    "tsv_m": "TSV-M",
+    "iso_c": "Iso-C",
+    "iso_cts": "Iso-CTS",
+    "lowrank_ta": "low-rank TA",
+    "cart": "CART",
+    "adamerging": "AdaMerging",
+    "adamerging_cart": "AdaMerging + CART",
+    "adarank": "AdaRank",
+}
+ZERO_SHOT_ROW = "zero-shot"
+INDIVIDUAL_ROW = "individual"
+METRIC_TITLES = {
+    "accuracy": "Absolute accuracy (%), test split",
+    "normalized_accuracy": "Normalized accuracy (%), test split",
+}
+LEADING_COLUMNS = ("metric", "method", "setting")
+AVERAGE_COLUMN = "average"
+SETTING_HEADER = "hyper-parameters"
+# The file's normalized accuracy must agree with accuracy / individual up to float noise;
+# a larger gap means the method was normalized against a different reference run.
+_NORMALIZATION_TOLERANCE = 1e-6
+_LATEX_ESCAPES = str.maketrans(
+    {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+    }
+)
+
+
+def display_name(method: str) -> str:
+    """The name a reader sees for a registry method name; unknown methods keep their own."""
+    return METHOD_DISPLAY_NAMES.get(method, method)
+
+
+def main_table(reference: pd.DataFrame, results: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
+    """Test-split accuracy of the zero-shot model, the individual models and every method's best setting.
+
+    Columns: metric ("accuracy" | "normalized_accuracy"), method (display name),
+    setting (the method's chosen hyper-parameters as JSON, empty for the reference
+    rows), one column per task in the given order, and `average` (mean over tasks),
+    all in percent. Methods appear in the order of their first row in `results`.
+    """
+    task_list = _checked_tasks(tasks)
+    zeroshot, individual = _reference_test_accuracies(reference, task_list)
+    accuracy_rows = [
+        _table_row("accuracy", ZERO_SHOT_ROW, "", zeroshot),
+        _table_row("accuracy", INDIVIDUAL_ROW, "", individual),
+    ]
+    normalized_rows = [
+        _table_row("normalized_accuracy", ZERO_SHOT_ROW, "", zeroshot / individual),
+        _table_row("normalized_accuracy", INDIVIDUAL_ROW, "", individual / individual),
+    ]
+    for method in pd.unique(results["method"]):
+        setting, accuracy, normalized = _best_test_accuracies(results, method, task_list, individual)
+        accuracy_rows.append(_table_row("accuracy", display_name(method), setting, accuracy))
+        normalized_rows.append(_table_row("normalized_accuracy", display_name(method), setting, normalized))
+    return pd.DataFrame(accuracy_rows + normalized_rows, columns=[*LEADING_COLUMNS, *task_list, AVERAGE_COLUMN])
+
+
+def _checked_tasks(tasks: Sequence[str]) -> list[str]:
+    task_list = [str(task) for task in tasks]
+    if not task_list:
+        raise InputError("no tasks given (expected the benchmark's task names in table order)")
+    repeated = sorted({task for task in task_list if task_list.count(task) > 1})
+    if repeated:
+        raise InputError(f"task(s) {', '.join(repeated)} given more than once (expected distinct task names)")
+    reserved = [task for task in task_list if task in (*LEADING_COLUMNS, AVERAGE_COLUMN)]
+    if reserved:
+        raise InputError(f"task name(s) {', '.join(reserved)} clash with table columns; expected other task names")
+    return task_list
+
+
+def _reference_test_accuracies(reference: pd.DataFrame, tasks: list[str]) -> tuple[pd.Series, pd.Series]:
+    """Zero-shot and individual test accuracy (fractions) indexed by task, in task order."""
+    test = reference[reference["split"] == "test"].set_index("task")
+    missing = [task for task in tasks if task not in test.index]
+    if missing:
+        source = reference.attrs.get("source", "reference")
+        raise InputError(f"{source}: no test row for task(s) {', '.join(missing)}; expected one per benchmark task")
+    return test.loc[tasks, "zeroshot"], test.loc[tasks, "individual"]
+
+
+def _best_test_accuracies(
+    results: pd.DataFrame, method: str, tasks: list[str], individual: pd.Series
+) -> tuple[str, pd.Series, pd.Series]:
+    """The val-selected setting of `method` and its test accuracy and normalized accuracy per task."""
+    rows = results[(results["method"] == method) & results["best"] & (results["split"] == "test")]
+    source = source_of(results, method)
+    if rows.empty:
+        raise InputError(f"{source}: no test rows with best=True; expected the test rows of the val-selected setting")
+    by_task = rows.set_index("task")
+    missing = [task for task in tasks if task not in by_task.index]
+    if missing:
+        raise InputError(f"{source}: best test rows lack task(s) {', '.join(missing)}; expected every benchmark task")
+    accuracy = by_task.loc[tasks, "accuracy"]
+    normalized = accuracy / individual
+    gap = (by_task.loc[tasks, "normalized_accuracy"] - normalized).abs()
+    if (gap > _NORMALIZATION_TOLERANCE).any():
+        task = gap.idxmax()
+        raise InputError(
+            f"{source}: normalized_accuracy of task {task} is {by_task.at[task, 'normalized_accuracy']!r} but "
+            f"accuracy / individual = {normalized[task]!r}; expected them to agree (same reference run)"
+        )
+    return str(by_task["setting"].iloc[0]), accuracy, normalized
+
+
+def _table_row(metric: str, method: str, setting: str, fractions: pd.Series) -> list[object]:
+    percent = [100.0 * float(value) for value in fractions]
+    return [metric, method, setting, *percent, math.fsum(percent) / len(percent)]
+
+
+def task_columns(table: pd.DataFrame) -> list[str]:
+    return [column for column in table.columns if column not in (*LEADING_COLUMNS, AVERAGE_COLUMN)]
+
+
+def format_setting(setting: object) -> str:
+    """`{"lam": 1.5, "rank": 0.08}` → `lam=1.5, rank=0.08`; the reference rows have none."""
+    if not isinstance(setting, str) or not setting:
+        return ""
+    try:
+        parameters = json.loads(setting)
+    except json.JSONDecodeError:
+        return setting
+    if not isinstance(parameters, dict):
+        return setting
+    return ", ".join(
+        f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in parameters.items()
+    )
+
+
+def _one_decimal(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def _rendered_rows(table: pd.DataFrame, metric: str) -> list[list[str]]:
+    rows = table[table["metric"] == metric]
+    numeric = [*task_columns(table), AVERAGE_COLUMN]
+    return [
+        [row["method"], *(_one_decimal(row[column]) for column in numeric), format_setting(row["setting"])]
+        for _, row in rows.iterrows()
+    ]
+
+
+def markdown_table(table: pd.DataFrame, metric: str) -> str:
+    """One metric as a GitHub Markdown table, numbers to one decimal."""
+    header = ["method", *task_columns(table), AVERAGE_COLUMN, SETTING_HEADER]
+    alignment = [":---", *("---:" for _ in header[1:-1]), ":---"]
+    lines = [_markdown_line(header), _markdown_line(alignment)]
+    lines += [_markdown_line(row) for row in _rendered_rows(table, metric)]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_line(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cell.replace("|", r"\|") for cell in cells) + " |"
+
+
+def markdown_document(table: pd.DataFrame, title: str | None = None) -> str:
+    sections = [f"# {title}\n"] if title else []
+    sections += [f"## {METRIC_TITLES[metric]}\n\n{markdown_table(table, metric)}" for metric in METRIC_TITLES]
+    return "\n".join(sections)
+
+
+def latex_escape(text: str) -> str:
+    return text.translate(_LATEX_ESCAPES)
+
+
+def latex_tabular(table: pd.DataFrame, metric: str) -> str:
+    """One metric as a booktabs tabular; a rule separates the reference rows from the merges."""
+    tasks = task_columns(table)
+    header = ["Method", *tasks, "Average", "Hyper-parameters"]
+    lines = [
+        f"% {METRIC_TITLES[metric]}",
+        r"\begin{tabular}{l" + "r" * (len(tasks) + 1) + "l}",
+        r"\toprule",
+        _latex_line(header),
+        r"\midrule",
+    ]
+    for row in _rendered_rows(table, metric):
+        lines.append(_latex_line(row))
+        if row[0] == INDIVIDUAL_ROW:
+            lines.append(r"\midrule")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def _latex_line(cells: Sequence[str]) -> str:
+    return " & ".join(latex_escape(cell) for cell in cells) + r" \\"
+
+
+def latex_document(table: pd.DataFrame, title: str | None = None) -> str:
+    # Only comments around the tabulars, so the file can be \input inside any table environment.
+    preamble = ["% " + " ".join(title.splitlines())] if title else []
+    preamble.append(r"% Requires \usepackage{booktabs}.")
+    return "\n".join(preamble) + "\n\n" + "\n".join(latex_tabular(table, metric) for metric in METRIC_TITLES)
+
+
+def write_main_table(table: pd.DataFrame, out_dir: PathLike, title: str | None = None) -> list[Path]:
+    """Write main.csv (full precision), main.md and main.tex into `out_dir`, each atomically."""
+    directory = Path(out_dir)
+    csv_path, markdown_path, latex_path = (directory / f"main.{suffix}" for suffix in ("csv", "md", "tex"))
+    with atomic_path(csv_path) as tmp:
+        table.to_csv(tmp, index=False, lineterminator="\n")
+    write_text(markdown_path, markdown_document(table, title))
+    write_text(latex_path, latex_document(table, title))
+    return [csv_path, markdown_path, latex_path]

@@ -1,0 +1,149 @@
+"""Run the real Snakemake workflow on a reduced tiny benchmark in a temporary directory."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = ["colours", "orientation", "position"]
+RANKS = [0.0, 0.25, 1.0]
+
+REDUCTIONS = {
+    "benchmark": "mini3",
+    "model": {
+        "name": "mini-clip",
+        "architecture": {
+            "image_size": 16,
+            "patch_size": 8,
+            "width": 32,
+            "layers": 2,
+            "heads": 2,
+            "embed_dim": 32,
+            "context_length": 12,
+            "text_width": 32,
+            "text_layers": 1,
+            "text_heads": 2,
+        },
+    },
+    "tasks": TASKS,
+    "data": {"train_size": 400, "test_size": 150},
+    "pretrain": {"images_per_task": 300, "steps": 40, "batch_size": 64, "warmup_steps": 4},
+    "finetune": {"steps": 60, "batch_size": 32, "warmup_steps": 5},
+    "evaluation": {"batch_size": 256},
+    "methods": {
+        "weight_averaging": {},
+        "task_arithmetic": {"lam": [0.3, 0.6]},
+        "lowrank_ta": {"rank": RANKS, "lam": [0.3, 0.6]},
+        "cart": {"rank": RANKS, "lam": [1.0, 2.0]},
+    },
+}
+
+
+def deep_update(base: dict, changes: dict) -> dict:
+    merged = dict(base)
+    for key, value in changes.items():
+        merged[key] = deep_update(base[key], value) if isinstance(value, dict) and key != "methods" else value
+    return merged
+
+
+# A --configfile replaces the default config, so the reduced config is the default with changes applied.
+REDUCED_CONFIG = deep_update(yaml.safe_load((REPO / "config" / "config.yaml").read_text()), REDUCTIONS)
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+        "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args,
+    ]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("mergeflow") is None:
+        pytest.fail("the `mergeflow` command is not on PATH: install the package (pip install -e .) first")
+    workdir = tmp_path_factory.mktemp("workflow")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(REDUCED_CONFIG))
+    run = snakemake(workdir)
+    assert run.returncode == 0, run.stderr[-5000:]
+    return workdir
+
+
+def suite(workdir: Path) -> Path:
+    return workdir / "results" / "mini3" / "mini-clip"
+
+
+def test_every_artefact_exists(finished_run: Path) -> None:
+    results = finished_run / "results"
+    expected = [results / "models/mini-clip" / name for name in ("pretrained.safetensors", "text.safetensors", "model.json")]
+    for task in TASKS:
+        expected += [
+            results / "data" / task / "classnames.json",
+            results / "heads/mini-clip" / f"{task}.safetensors",
+            results / "finetuned/mini-clip" / f"{task}.safetensors",
+        ]
+        expected += [results / "data" / task / f"{split}_{kind}.npy" for split in ("train", "val", "test") for kind in ("images", "labels")]
+    expected += [suite(finished_run) / "eval" / f"{m}.csv" for m in REDUCED_CONFIG["methods"]]
+    expected += [suite(finished_run) / "tables" / f"main.{ext}" for ext in ("csv", "md", "tex")]
+    expected += [suite(finished_run) / "figures" / f"rank_sweep.{ext}" for ext in ("png", "pdf")]
+    missing = [str(p.relative_to(finished_run)) for p in expected if not p.is_file() or p.stat().st_size == 0]
+    assert missing == []
+    leftovers = [str(p) for p in results.rglob("*.tmp")]
+    assert leftovers == []
+    logs = list((results / "logs").rglob("*.log"))
+    assert len(logs) >= 1 + 3 * len(TASKS) + 1 + len(REDUCED_CONFIG["methods"]) + 1
+
+
+def test_finetuning_beats_zero_shot_on_every_task(finished_run: Path) -> None:
+    reference = pd.read_csv(suite(finished_run) / "eval" / "reference.csv")
+    test = reference[reference["split"] == "test"].set_index("task")
+    assert sorted(test.index) == sorted(TASKS)
+    for task in TASKS:
+        assert test.loc[task, "individual"] > test.loc[task, "zeroshot"], task
+
+
+def test_cart_at_rank_zero_and_full_equals_weight_averaging(finished_run: Path) -> None:
+    eval_dir = suite(finished_run) / "eval"
+    averaging = pd.read_csv(eval_dir / "weight_averaging.csv")
+    cart = pd.read_csv(eval_dir / "cart.csv")
+    for split in ("val", "test"):
+        expected = averaging[averaging["split"] == split].set_index("task")["accuracy"].sort_index()
+        for rank in (0.0, 1.0):
+            rows = cart[(cart["split"] == split) & (cart["rank"] == rank)]
+            assert len(rows) > 0, (split, rank)
+            for _, group in rows.groupby("setting"):
+                got = group.set_index("task")["accuracy"].sort_index()
+                pd.testing.assert_series_equal(got, expected, check_exact=True)
+
+
+def test_table_rows_match_the_evaluations(finished_run: Path) -> None:
+    table = pd.read_csv(suite(finished_run) / "tables" / "main.csv")
+    absolute = table[table["metric"] == "accuracy"].set_index("method")
+    cart = pd.read_csv(suite(finished_run) / "eval" / "cart.csv")
+    best = cart[cart["best"] & (cart["split"] == "test")].set_index("task")["accuracy"]
+    for task in TASKS:
+        assert absolute.loc["CART", task] == pytest.approx(100 * best[task])
+    assert absolute.loc["CART", "average"] == pytest.approx(100 * best.mean())
+
+
+def test_rerun_has_nothing_to_do(finished_run: Path) -> None:
+    dry = snakemake(finished_run, "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_lint_is_clean() -> None:
+    lint = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(REPO), "--lint"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    output = lint.stdout + lint.stderr
+    assert lint.returncode == 0, output[-3000:]
+    assert "Lints for" not in output, output[-3000:]

@@ -1,0 +1,33 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from mergeflow.io import InputError, atomic_path, load_state_dict, save_state_dict
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_state_dict_round_trip_is_exact(tmp_path: Path) -> None:
+    state = {"w": torch.randn(3, 4), "b": torch.arange(5, dtype=torch.int64)}
+    save_state_dict(tmp_path / "m.safetensors", state, {"model": "x"})
+    loaded = load_state_dict(tmp_path / "m.safetensors")
+    assert set(loaded) == {"w", "b"}
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_truncated_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    save_state_dict(path, {"w": torch.randn(64, 64)})
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(InputError, match="m.safetensors"):
+        load_state_dict(path)
+    with pytest.raises(InputError, match="not found"):
+        load_state_dict(tmp_path / "absent.safetensors")

@@ -1,0 +1,356 @@
+"""Report module: main table values, its renderings, the rank-sweep figure, validation and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mergeflow.io import InputError
+from mergeflow.report import load_method_results, load_reference, main_table, plot_rank_sweep, write_main_table
+from mergeflow.report.cli import add_report_commands, main
+from mergeflow.report.figures import sweep_curves
+
+# An underscore in a task name exercises the LaTeX escaping.
+TASKS = ["SUN397", "Cars", "Euro_SAT"]
+ZEROSHOT = {"val": [0.62, 0.52, 0.41], "test": [0.60, 0.50, 0.40]}
+INDIVIDUAL = {"val": [0.82, 0.91, 0.98], "test": [0.80, 0.90, 0.99]}
+SWEEP_RANKS = [0.0, 0.04, 0.08, 1.0]
+
+
+def _setting(**parameters: float) -> str:
+    return json.dumps(parameters, sort_keys=True)
+
+
+def _method_rows(
+    method: str,
+    val: dict[str, list[float]],
+    test: dict[str, list[float]],
+    best: str,
+    sweep_best: list[str],
+    parameters: dict[str, dict[str, float]],
+) -> list[dict[str, object]]:
+    """Rows of one method CSV: val rows for every setting, test rows for the selected ones."""
+    rows = []
+    for split, accuracies_by_setting in (("val", val), ("test", test)):
+        for setting, accuracies in accuracies_by_setting.items():
+            for task, accuracy, individual in zip(TASKS, accuracies, INDIVIDUAL[split], strict=True):
+                rows.append(
+                    {
+                        "method": method,
+                        "setting": setting,
+                        "rank": parameters[setting].get("rank", ""),
+                        "lam": parameters[setting].get("lam", ""),
+                        "split": split,
+                        "task": task,
+                        "accuracy": accuracy,
+                        "normalized_accuracy": accuracy / individual,
+                        "best": setting == best,
+                        "best_at_sweep": setting in sweep_best,
+                    }
+                )
+    return rows
+
+
+def _weight_averaging() -> list[dict[str, object]]:
+    setting = _setting()
+    val, test = {setting: [0.66, 0.61, 0.79]}, {setting: [0.70, 0.60, 0.80]}
+    return _method_rows("weight_averaging", val, test, setting, [setting], {setting: {}})
+
+
+def _task_arithmetic() -> list[dict[str, object]]:
+    low, high = _setting(lam=0.3), _setting(lam=0.5)
+    return _method_rows(
+        "task_arithmetic",
+        {low: [0.70, 0.65, 0.85], high: [0.60, 0.55, 0.75]},
+        {low: [0.72, 0.64, 0.84]},
+        low,
+        [low],
+        {low: {"lam": 0.3}, high: {"lam": 0.5}},
+    )
+
+
+def _sweep_method(method: str, lams: list[float], best_rank: float) -> list[dict[str, object]]:
+    """A rank x lam grid; at each rank the larger lam wins on val; test accuracy peaks at `best_rank`."""
+    parameters = {_setting(lam=lam, rank=rank): {"lam": lam, "rank": rank} for rank in SWEEP_RANKS for lam in lams}
+    val, test, sweep_best = {}, {}, []
+    for rank in SWEEP_RANKS:
+        peak = 0.15 if rank == best_rank else 0.05 * rank
+        for lam in lams:
+            val[_setting(lam=lam, rank=rank)] = [0.65 + peak + 0.01 * lam, 0.60 + peak, 0.78 + peak]
+        chosen = _setting(lam=max(lams), rank=rank)
+        sweep_best.append(chosen)
+        test[chosen] = [0.64 + peak, 0.58 + peak, 0.77 + peak]
+    best = _setting(lam=max(lams), rank=best_rank)
+    return _method_rows(method, val, test, best, sweep_best, parameters)
+
+
+def _write_csv(path: Path, rows: list[dict[str, object]]) -> Path:
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _write_reference(directory: Path) -> Path:
+    rows = [
+        {"task": task, "split": split, "zeroshot": zeroshot, "individual": individual}
+        for split in ("val", "test")
+        for task, zeroshot, individual in zip(TASKS, ZEROSHOT[split], INDIVIDUAL[split], strict=True)
+    ]
+    return _write_csv(directory / "reference.csv", rows)
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, Path]:
+    directory = tmp_path / "eval"
+    directory.mkdir()
+    return {
+        "reference": _write_reference(directory),
+        "weight_averaging": _write_csv(directory / "weight_averaging.csv", _weight_averaging()),
+        "task_arithmetic": _write_csv(directory / "task_arithmetic.csv", _task_arithmetic()),
+        "cart": _write_csv(directory / "cart.csv", _sweep_method("cart", [1.0, 1.5], best_rank=0.08)),
+        "lowrank_ta": _write_csv(directory / "lowrank_ta.csv", _sweep_method("lowrank_ta", [0.3], best_rank=0.04)),
+    }
+
+
+def _method_paths(inputs: dict[str, Path]) -> list[Path]:
+    return [inputs[name] for name in ("weight_averaging", "task_arithmetic", "cart", "lowrank_ta")]
+
+
+@pytest.fixture
+def table(inputs: dict[str, Path]) -> pd.DataFrame:
+    return main_table(load_reference(inputs["reference"]), load_method_results(_method_paths(inputs)), TASKS)
+
+
+def _row(table: pd.DataFrame, metric: str, method: str) -> pd.Series:
+    rows = table[(table["metric"] == metric) & (table["method"] == method)]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+def test_main_table_rows_columns_and_settings(table: pd.DataFrame) -> None:
+    assert list(table.columns) == ["metric", "method", "setting", *TASKS, "average"]
+    expected_methods = ["zero-shot", "individual", "weight averaging", "task arithmetic", "CART", "low-rank TA"]
+    for metric in ("accuracy", "normalized_accuracy"):
+        assert list(table.loc[table["metric"] == metric, "method"]) == expected_methods
+    assert _row(table, "accuracy", "CART")["setting"] == '{"lam": 1.5, "rank": 0.08}'
+    assert _row(table, "accuracy", "low-rank TA")["setting"] == '{"lam": 0.3, "rank": 0.04}'
+    assert _row(table, "accuracy", "task arithmetic")["setting"] == '{"lam": 0.3}'
+    assert _row(table, "accuracy", "individual")["setting"] == ""
+
+
+def test_main_table_numbers_are_hand_computed_means(table: pd.DataFrame) -> None:
+    cart = _row(table, "accuracy", "CART")
+    assert [cart[task] for task in TASKS] == pytest.approx([79.0, 73.0, 92.0])
+    assert cart["average"] == pytest.approx((79.0 + 73.0 + 92.0) / 3)
+    assert _row(table, "accuracy", "zero-shot")["average"] == pytest.approx(50.0)
+    assert _row(table, "accuracy", "individual")["average"] == pytest.approx((80.0 + 90.0 + 99.0) / 3)
+    assert _row(table, "accuracy", "task arithmetic")["average"] == pytest.approx((72.0 + 64.0 + 84.0) / 3)
+    normalized = _row(table, "normalized_accuracy", "weight averaging")
+    assert normalized["average"] == pytest.approx(100 * (0.70 / 0.80 + 0.60 / 0.90 + 0.80 / 0.99) / 3)
+    assert _row(table, "normalized_accuracy", "individual")["average"] == pytest.approx(100.0)
+
+
+def test_normalized_accuracy_is_accuracy_over_individual(table: pd.DataFrame) -> None:
+    individual = _row(table, "accuracy", "individual")
+    for method in table["method"].unique():
+        absolute, normalized = _row(table, "accuracy", method), _row(table, "normalized_accuracy", method)
+        for task in TASKS:
+            assert normalized[task] == pytest.approx(100 * absolute[task] / individual[task])
+
+
+def test_inconsistent_normalized_accuracy_names_file(inputs: dict[str, Path]) -> None:
+    frame = pd.read_csv(inputs["task_arithmetic"])
+    frame.loc[frame["split"] == "test", "normalized_accuracy"] = 0.5
+    frame.to_csv(inputs["task_arithmetic"], index=False)
+    reference, results = load_reference(inputs["reference"]), load_method_results(_method_paths(inputs))
+    with pytest.raises(InputError, match=r"task_arithmetic\.csv.*normalized_accuracy"):
+        main_table(reference, results, TASKS)
+
+
+def _markdown_numbers(text: str, heading: str) -> list[list[str]]:
+    section = text.split(f"## {heading}")[1].split("## ")[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("|")][2:]
+    return [[cell.strip() for cell in row[1 : 1 + len(TASKS) + 1]] for row in rows]
+
+
+def _latex_numbers(text: str, heading: str) -> list[list[str]]:
+    section = text.split(f"% {heading}")[1].split(r"\end{tabular}")[0]
+    body = section.split(r"\midrule", 1)[1].split(r"\bottomrule")[0]
+    rows = [line.removesuffix(r"\\").split("&") for line in body.splitlines() if line.endswith(r"\\")]
+    return [[cell.strip() for cell in row[1 : 1 + len(TASKS) + 1]] for row in rows]
+
+
+def test_markdown_and_latex_numbers_are_csv_rounded(table: pd.DataFrame, tmp_path: Path) -> None:
+    written = write_main_table(table, tmp_path / "tables", title="ViT-B-32, 3 tasks")
+    assert [path.name for path in written] == ["main.csv", "main.md", "main.tex"]
+    csv = pd.read_csv(written[0])
+    markdown, latex = written[1].read_text(), written[2].read_text()
+    assert r"Euro\_SAT" in latex and "Euro_SAT" in markdown
+    for metric, heading in (
+        ("accuracy", "Absolute accuracy (%), test split"),
+        ("normalized_accuracy", "Normalized accuracy (%), test split"),
+    ):
+        expected = csv.loc[csv["metric"] == metric, [*TASKS, "average"]].to_numpy()
+        for rendered in (_markdown_numbers(markdown, heading), _latex_numbers(latex, heading)):
+            assert len(rendered) == len(expected)
+            for cells, values in zip(rendered, expected, strict=True):
+                assert cells == [f"{value:.1f}" for value in values]
+                assert [float(cell) for cell in cells] == pytest.approx(values, abs=0.05 + 1e-9)
+    assert sorted(path.name for path in (tmp_path / "tables").iterdir()) == ["main.csv", "main.md", "main.tex"]
+
+
+def test_csv_keeps_full_precision(table: pd.DataFrame, tmp_path: Path) -> None:
+    csv = pd.read_csv(write_main_table(table, tmp_path)[0])
+    assert csv["average"].tolist() == table["average"].tolist()
+
+
+def test_sweep_curves_use_each_ranks_own_best_setting(inputs: dict[str, Path]) -> None:
+    curves = {curve.method: curve for curve in sweep_curves(load_method_results(_method_paths(inputs)), TASKS)}
+    assert curves["cart"].ranks == tuple(SWEEP_RANKS)
+    base = (64 + 58 + 77) / 3
+    assert curves["cart"].average_accuracy == pytest.approx([base, base + 0.2, base + 15, base + 5])
+    assert curves["lowrank_ta"].average_accuracy == pytest.approx([base, base + 15, base + 0.4, base + 5])
+
+
+def test_rank_sweep_figure_is_valid_and_byte_identical(inputs: dict[str, Path], tmp_path: Path) -> None:
+    reference, results = load_reference(inputs["reference"]), load_method_results(_method_paths(inputs))
+    first = plot_rank_sweep(reference, results, tmp_path / "a" / "rank_sweep", title="ViT-B-32, 3 tasks")
+    second = plot_rank_sweep(reference, results, tmp_path / "b" / "rank_sweep", title="ViT-B-32, 3 tasks")
+    assert [path.name for path in first] == ["rank_sweep.png", "rank_sweep.pdf"]
+    png, pdf = first[0].read_bytes(), first[1].read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and png.endswith(b"IEND\xaeB`\x82")
+    assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
+    assert b"CreationDate" not in pdf
+    assert [path.read_bytes() for path in first] == [path.read_bytes() for path in second]
+    assert sorted(path.name for path in (tmp_path / "a").iterdir()) == ["rank_sweep.pdf", "rank_sweep.png"]
+
+
+def test_rank_sweep_plots_a_single_sweep_method(inputs: dict[str, Path], tmp_path: Path) -> None:
+    reference = load_reference(inputs["reference"])
+    results = load_method_results([inputs["weight_averaging"], inputs["lowrank_ta"]])
+    written = plot_rank_sweep(reference, results, tmp_path / "rank_sweep")
+    assert all(path.stat().st_size > 0 for path in written)
+
+
+def test_rank_sweep_without_sweep_methods_raises(inputs: dict[str, Path], tmp_path: Path) -> None:
+    reference = load_reference(inputs["reference"])
+    results = load_method_results([inputs["weight_averaging"], inputs["task_arithmetic"]])
+    with pytest.raises(InputError, match="cart or lowrank_ta"):
+        plot_rank_sweep(reference, results, tmp_path / "rank_sweep")
+    assert not list(tmp_path.glob("rank_sweep*"))
+
+
+def test_rank_sweep_requires_weight_averaging(inputs: dict[str, Path], tmp_path: Path) -> None:
+    reference = load_reference(inputs["reference"])
+    with pytest.raises(InputError, match="weight_averaging"):
+        plot_rank_sweep(reference, load_method_results([inputs["cart"]]), tmp_path / "rank_sweep")
+
+
+def _drop_column(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=["accuracy"])
+
+
+def _unknown_split(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.replace({"split": {"val": "train"}})
+
+
+def _missing_task(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[~((frame["task"] == "Cars") & (frame["split"] == "test"))]
+
+
+def _no_best_test_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[~(frame["best"] & (frame["split"] == "test"))]
+
+
+def _two_best_settings(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(best=frame["best_at_sweep"])
+
+
+def _accuracy_out_of_range(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(accuracy=frame["accuracy"] * 100)
+
+
+def _not_a_boolean(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(best=frame["best"].map({True: "yes", False: "no"}))
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (_drop_column, r"cart\.csv: missing column\(s\) 'accuracy'; expected columns method, setting"),
+        (_unknown_split, r"cart\.csv: column 'split' has unknown value\(s\) 'train'; expected one of val, test"),
+        (_missing_task, r"cart\.csv: task\(s\) Cars missing for setting .* on split test"),
+        (_no_best_test_rows, r"cart\.csv: no test rows with best=True"),
+        (_two_best_settings, r"cart\.csv: best=True on settings .*expected exactly one"),
+        (_accuracy_out_of_range, r"cart\.csv: column 'accuracy' has .* on line 2; expected a fraction between 0 and 1"),
+        (_not_a_boolean, r"cart\.csv: column 'best' has 'no' on line 2; expected True or False"),
+    ],
+)
+def test_method_file_validation_names_file_and_expectation(inputs: dict[str, Path], corrupt, message: str) -> None:
+    corrupt(pd.read_csv(inputs["cart"])).to_csv(inputs["cart"], index=False)
+    with pytest.raises(InputError, match=message):
+        load_method_results(_method_paths(inputs))
+
+
+def test_task_absent_from_a_file_names_file_and_task(inputs: dict[str, Path]) -> None:
+    with pytest.raises(InputError, match=r"cart\.csv: task\(s\) DTD missing .*expected rows for every task"):
+        load_method_results([inputs["cart"]], tasks=[*TASKS, "DTD"])
+
+
+def test_same_method_twice_is_rejected(inputs: dict[str, Path]) -> None:
+    with pytest.raises(InputError, match=r"method 'cart' was already read from .*cart\.csv"):
+        load_method_results([inputs["cart"], inputs["cart"]])
+
+
+def test_reference_validation(inputs: dict[str, Path]) -> None:
+    frame = pd.read_csv(inputs["reference"])
+    frame.drop(columns=["individual"]).to_csv(inputs["reference"], index=False)
+    with pytest.raises(InputError, match=r"reference\.csv: missing column\(s\) 'individual'"):
+        load_reference(inputs["reference"])
+    frame[frame["task"] != "Cars"].to_csv(inputs["reference"], index=False)
+    reference = load_reference(inputs["reference"])
+    with pytest.raises(InputError, match=r"reference\.csv: no test row for task\(s\) Cars"):
+        main_table(reference, load_method_results(_method_paths(inputs)), TASKS)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"absent\.csv: file not found"):
+        load_reference(tmp_path / "absent.csv")
+
+
+def _aggregate_argv(inputs: dict[str, Path], out: Path) -> list[str]:
+    return [
+        "aggregate",
+        "--reference", str(inputs["reference"]),
+        "--results", *map(str, _method_paths(inputs)),
+        "--tasks", *TASKS,
+        "--tables-dir", str(out / "tables"),
+        "--figures-dir", str(out / "figures"),
+        "--title", "ViT-B-32, 3 tasks",
+    ]  # fmt: skip
+
+
+def test_cli_aggregate_end_to_end(inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="mergeflow")
+    add_report_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(_aggregate_argv(inputs, tmp_path))
+    assert args.func(args) == 0
+    assert sorted(path.name for path in (tmp_path / "tables").iterdir()) == ["main.csv", "main.md", "main.tex"]
+    assert sorted(path.name for path in (tmp_path / "figures").iterdir()) == ["rank_sweep.pdf", "rank_sweep.png"]
+    printed = capsys.readouterr().out
+    cart_line = next(line for line in printed.splitlines() if line.startswith("| CART "))
+    assert re.search(r"\| 79\.0 \| 73\.0 \| 92\.0 \| 81\.3 \| lam=1\.5, rank=0\.08 \|$", cart_line)
+    assert "normalized" not in printed.lower()
+
+
+def test_cli_bad_input_reports_error_and_writes_nothing(
+    inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _drop_column(pd.read_csv(inputs["cart"])).to_csv(inputs["cart"], index=False)
+    assert main(_aggregate_argv(inputs, tmp_path / "out")) == 2
+    assert "cart.csv: missing column(s) 'accuracy'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

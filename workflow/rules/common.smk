@@ -1,0 +1,84 @@
+# Paths and parameters shared by every rule. Outputs are keyed by what they depend on:
+# models, heads and fine-tuned encoders by model; evaluations and tables by model and benchmark.
+import json
+import os
+
+MODEL = config["model"]["name"]
+TASKS = list(config["tasks"])
+BENCHMARK = config["benchmark"]
+METHODS = list(config["methods"])
+RESULTS = "results"
+SUITE = f"{RESULTS}/{BENCHMARK}/{MODEL}"
+
+
+wildcard_constraints:
+    task="|".join(TASKS),
+    method="|".join(METHODS),
+    model=MODEL,
+
+
+def data_dir(task):
+    return f"{RESULTS}/data/{task}"
+
+
+def data_marker(task):
+    # classnames.json is written last by prepare_data, so it marks a complete task directory.
+    return f"{data_dir(task)}/classnames.json"
+
+
+def model_dir():
+    return f"{RESULTS}/models/{MODEL}"
+
+
+def head_path(task):
+    return f"{RESULTS}/heads/{MODEL}/{task}.safetensors"
+
+
+def finetuned_path(task):
+    return f"{RESULTS}/finetuned/{MODEL}/{task}.safetensors"
+
+
+def log_path(rule_name, name):
+    return f"{RESULTS}/logs/{rule_name}/{name}.log"
+
+
+def benchmark_path(rule_name, name):
+    return f"{RESULTS}/benchmarks/{rule_name}/{name}.tsv"
+
+
+def as_json(value):
+    """Parameters passed to `mergeflow` as JSON; also what Snakemake compares to decide on reruns."""
+    return json.dumps(value, sort_keys=True)
+
+
+def device_flag():
+    return f"--device {config.get('device', 'auto')}"
+
+
+def task_inputs():
+    """Named inputs of the rules that evaluate all tasks together, in the configured task order."""
+    return {
+        "model": f"{model_dir()}/pretrained.safetensors",
+        "heads": [head_path(t) for t in TASKS],
+        "data": [data_marker(t) for t in TASKS],
+        "finetuned": [finetuned_path(t) for t in TASKS],
+    }
+
+
+def task_flags():
+    return (
+        f"--model-dir {model_dir()} --tasks {' '.join(TASKS)} "
+        f"--heads {' '.join(head_path(t) for t in TASKS)} "
+        f"--data {' '.join(data_dir(t) for t in TASKS)} "
+        f"--finetuned {' '.join(finetuned_path(t) for t in TASKS)}"
+    )
+
+
+def final_outputs():
+    return [
+        f"{SUITE}/tables/main.csv",
+        f"{SUITE}/tables/main.md",
+        f"{SUITE}/tables/main.tex",
+        f"{SUITE}/figures/rank_sweep.png",
+        f"{SUITE}/figures/rank_sweep.pdf",
+    ]

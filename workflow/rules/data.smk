@@ -1,0 +1,22 @@
+rule prepare_data:
+    output:
+        images=[f"{RESULTS}/data/{{task}}/{split}_images.npy" for split in ("train", "val", "test")],
+        labels=[f"{RESULTS}/data/{{task}}/{split}_labels.npy" for split in ("train", "val", "test")],
+        classnames=f"{RESULTS}/data/{{task}}/classnames.json",
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output.classnames),
+        source=config["data"]["source"],
+        image_size=config["model"]["architecture"]["image_size"],
+        train_size=config["data"]["train_size"],
+        test_size=config["data"]["test_size"],
+        seed=config["data"]["seed"],
+    conda:
+        "../../envs/mergeflow.yaml"
+    log:
+        log_path("prepare_data", "{task}"),
+    benchmark:
+        benchmark_path("prepare_data", "{task}")
+    shell:
+        "mergeflow prepare-data --source {params.source} --task {wildcards.task}"
+        " --image-size {params.image_size} --train-size {params.train_size} --test-size {params.test_size}"
+        " --seed {params.seed} --out {params.out_dir} > {log} 2>&1"

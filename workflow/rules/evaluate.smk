@@ -1,0 +1,21 @@
+# Zero-shot and individual fine-tuned accuracies: the reference rows of every table and the
+# denominators of normalized accuracy.
+rule evaluate_reference:
+    input:
+        **task_inputs(),
+    output:
+        f"{SUITE}/eval/reference.csv",
+    params:
+        tasks=task_flags(),
+        batch_size=config["evaluation"]["batch_size"],
+        device=device_flag(),
+    threads: 1
+    conda:
+        "../../envs/mergeflow.yaml"
+    log:
+        log_path("evaluate_reference", f"{BENCHMARK}/{MODEL}"),
+    benchmark:
+        benchmark_path("evaluate_reference", f"{BENCHMARK}/{MODEL}")
+    shell:
+        "mergeflow evaluate-reference {params.tasks} --batch-size {params.batch_size}"
+        " --out {output} --threads {threads} {params.device} > {log} 2>&1"

@@ -1,0 +1,21 @@
+rule build_head:
+    input:
+        model=f"{RESULTS}/models/{{model}}/pretrained.safetensors",
+        text=f"{RESULTS}/models/{{model}}/text.safetensors",
+        classnames=f"{RESULTS}/data/{{task}}/classnames.json",
+    output:
+        f"{RESULTS}/heads/{{model}}/{{task}}.safetensors",
+    params:
+        model_dir=lambda wildcards, input: os.path.dirname(input.model),
+        data_dir=lambda wildcards, input: os.path.dirname(input.classnames),
+        device=device_flag(),
+    threads: 1
+    conda:
+        "../../envs/mergeflow.yaml"
+    log:
+        log_path("build_head", "{model}/{task}"),
+    benchmark:
+        benchmark_path("build_head", "{model}/{task}")
+    shell:
+        "mergeflow build-head --model-dir {params.model_dir} --data-dir {params.data_dir}"
+        " --out {output} --threads {threads} {params.device} > {log} 2>&1"
