@@ -91,6 +91,7 @@ def test_every_artefact_exists(finished_run: Path) -> None:
         ]
         expected += [results / "data" / task / f"{split}_{kind}.npy" for split in ("train", "val", "test") for kind in ("images", "labels")]
     expected += [suite(finished_run) / "eval" / f"{m}.csv" for m in REDUCED_CONFIG["methods"]]
+    expected += [results / "svd/mini-clip/mini3" / f"{kind}.safetensors" for kind in ("centered", "original")]
     expected += [suite(finished_run) / "tables" / f"main.{ext}" for ext in ("csv", "md", "tex")]
     expected += [suite(finished_run) / "figures" / f"rank_sweep.{ext}" for ext in ("png", "pdf")]
     missing = [str(p.relative_to(finished_run)) for p in expected if not p.is_file() or p.stat().st_size == 0]
@@ -98,7 +99,7 @@ def test_every_artefact_exists(finished_run: Path) -> None:
     leftovers = [str(p) for p in results.rglob("*.tmp")]
     assert leftovers == []
     logs = list((results / "logs").rglob("*.log"))
-    assert len(logs) >= 1 + 3 * len(TASKS) + 1 + len(REDUCED_CONFIG["methods"]) + 1
+    assert len(logs) == 1 + 3 * len(TASKS) + 1 + 2 + len(REDUCED_CONFIG["methods"]) + 1
 
 
 def test_finetuning_beats_zero_shot_on_every_task(finished_run: Path) -> None:

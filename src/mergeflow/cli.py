@@ -171,6 +171,7 @@ def cmd_evaluate_reference(args: argparse.Namespace) -> int:
 def cmd_merge_eval(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from mergeflow import merging
     from mergeflow.io import atomic_path, load_state_dict
     from mergeflow.merge_eval import make_evaluator, sweep_method
     from mergeflow.model import load_image_encoder, load_spec
@@ -189,13 +190,35 @@ def cmd_merge_eval(args: argparse.Namespace) -> int:
     evaluate = make_evaluator(visual, spec, _task_splits(args), device, args.batch_size)
     pretrained = load_state_dict(Path(args.model_dir) / "pretrained.safetensors")
     finetuned = [load_state_dict(path) for path in args.finetuned]
+    factors = merging.load_task_factors(args.factors, device=str(device)) if args.factors else None
     rows = sweep_method(
-        args.method, args.grid, pretrained, finetuned, evaluate, reference, device=str(device), progress=not args.no_progress
+        args.method,
+        args.grid,
+        pretrained,
+        finetuned,
+        evaluate,
+        reference,
+        factors=factors,
+        device=str(device),
+        progress=not args.no_progress,
     )
     with atomic_path(args.out) as tmp:
         rows.to_csv(tmp, index=False)
     best = rows[rows["best"] & (rows["split"] == "test")]
     log.info("%s: best setting %s, test average accuracy %.4f", args.method, best["setting"].iloc[0], best["accuracy"].mean())
+    return 0
+
+
+def cmd_decompose(args: argparse.Namespace) -> int:
+    from mergeflow import merging
+    from mergeflow.io import load_state_dict
+
+    device = _setup(args)
+    pretrained = load_state_dict(args.pretrained)
+    finetuned = [load_state_dict(path) for path in args.finetuned]
+    factors = merging.compute_task_factors(pretrained, finetuned, centered=args.kind == "centered", device=str(device))
+    merging.save_task_factors(args.out, factors)
+    log.info("%s task factors of %d matrices × %d tasks → %s", args.kind, len(factors.matrices), factors.num_tasks, args.out)
     return 0
 
 
@@ -269,8 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--method", required=True)
             p.add_argument("--grid", type=_json_arg, default={}, help="JSON object: hyper-parameter → value or list")
             p.add_argument("--reference", required=True, help="CSV written by evaluate-reference")
+            p.add_argument("--factors", default=None, help="task factors from `mergeflow decompose` (cart, lowrank_ta, tsv_m)")
         _common(p)
         p.set_defaults(func=func)
+
+    p = sub.add_parser("decompose", help="thin SVD of every (task, matrix) task vector, reused by every rank of a sweep")
+    p.add_argument("--pretrained", required=True)
+    p.add_argument("--finetuned", nargs="+", required=True)
+    p.add_argument("--kind", choices=("centered", "original"), required=True, help="θ_t − θ_avg (cart) or θ_t − θ_0")
+    p.add_argument("--out", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_decompose)
 
     from mergeflow.merging.cli import add_merge_commands
     from mergeflow.report.cli import add_report_commands

@@ -17,8 +17,9 @@ from mergeflow.model import ModelSpec, load_weights
 from mergeflow.selection import as_rows, expand_grid, mark_selection, selected_settings, setting_key, sweep_axis_of
 from mergeflow.types import StateDict
 
-SPECTRAL_METHODS = {"cart": True, "lowrank_ta": False, "tsv_m": False}
-"""Methods whose sweeps reuse SVD factors, mapped to whether they decompose centered task vectors."""
+FACTOR_KIND = {"cart": "centered", "lowrank_ta": "original", "tsv_m": "original"}
+"""Methods whose sweeps reuse SVD factors, and which task vectors they decompose
+(centered θ_t − θ_avg or original θ_t − θ_0)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ def sweep_method(
     evaluate: Evaluator,
     reference: Mapping[str, Mapping[str, float]],
     *,
+    factors: merging.TaskFactors | None = None,
     device: str = "cpu",
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -70,12 +72,13 @@ def sweep_method(
 
     Settings that differ only in `lam` share one merge direction (origin + lam·delta), and spectral
     methods share one SVD per (task, matrix) across the whole grid. `reference[split][task]` is the
-    individual fine-tuned accuracy used for normalisation.
+    individual fine-tuned accuracy used for normalisation. `factors` (from the decompose stage) are
+    computed here when a spectral method is given none.
     """
     settings = [merging.resolve_hparams(method, raw) for raw in expand_grid(grid)]
-    factors = None
-    if method in SPECTRAL_METHODS:
-        factors = merging.compute_task_factors(pretrained, finetuned, centered=SPECTRAL_METHODS[method], device=device)
+    if factors is None and method in FACTOR_KIND:
+        centered = FACTOR_KIND[method] == "centered"
+        factors = merging.compute_task_factors(pretrained, finetuned, centered=centered, device=device)
 
     directions: dict[str, merging.MergeDirection] = {}
 

@@ -3,6 +3,8 @@
 import json
 import os
 
+from mergeflow.merge_eval import FACTOR_KIND
+
 MODEL = config["model"]["name"]
 TASKS = list(config["tasks"])
 BENCHMARK = config["benchmark"]
@@ -15,6 +17,7 @@ wildcard_constraints:
     task="|".join(TASKS),
     method="|".join(METHODS),
     model=MODEL,
+    kind="centered|original",
 
 
 def data_dir(task):
@@ -72,6 +75,12 @@ def task_flags():
         f"--data {' '.join(data_dir(t) for t in TASKS)} "
         f"--finetuned {' '.join(finetuned_path(t) for t in TASKS)}"
     )
+
+
+def factor_inputs(wildcards):
+    """The cached SVD factors a spectral method's sweep reuses (none for the other methods)."""
+    kind = FACTOR_KIND.get(wildcards.method)
+    return {"factors": f"{RESULTS}/svd/{MODEL}/{BENCHMARK}/{kind}.safetensors"} if kind else {}
 
 
 def final_outputs():
