@@ -1,0 +1,78 @@
+"""The val-grid / test-at-selection protocol of merge_eval on a tiny CLIP with real evaluation."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mergeflow import merging
+from mergeflow.io import load_state_dict
+from mergeflow.merge_eval import TaskSplits, make_evaluator, sweep_method
+from mergeflow.model import build_clip, load_image_encoder, load_spec, save_model_dir, tiny_clip_spec
+
+ARCH = {
+    "image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "heads": 2, "embed_dim": 16,
+    "context_length": 12, "text_width": 32, "text_layers": 1, "text_heads": 2,
+}  # fmt: skip
+TASKS = ("a", "b", "c")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):
+    torch.manual_seed(0)
+    directory: Path = tmp_path_factory.mktemp("model")
+    save_model_dir(directory, tiny_clip_spec("toy", ARCH), build_clip(tiny_clip_spec("toy", ARCH)))
+    spec = load_spec(directory)
+    pretrained = load_state_dict(directory / "pretrained.safetensors")
+    generator = torch.Generator().manual_seed(1)
+    finetuned = [{k: v + 0.05 * torch.randn(v.shape, generator=generator) for k, v in pretrained.items()} for _ in TASKS]
+    rng = np.random.default_rng(0)
+    tasks = []
+    for _ in TASKS:
+        head = F.normalize(torch.randn(3, ARCH["embed_dim"], generator=generator), dim=-1)
+        split = lambda n: (rng.integers(0, 256, size=(n, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, size=n))  # noqa: E731
+        tasks.append((head, split(40), split(30)))
+    splits = [TaskSplits(name, head, val, test) for name, (head, val, test) in zip(TASKS, tasks)]
+    evaluate = make_evaluator(load_image_encoder(directory), spec, splits, torch.device("cpu"), batch_size=16)
+    reference = {split: {name: 0.5 for name in TASKS} for split in ("val", "test")}
+    return pretrained, finetuned, evaluate, reference
+
+
+GRID = {"rank": [0.0, 0.5, 1.0], "lam": [1.0, 2.0]}
+
+
+def test_grid_rows_selection_flags_and_normalisation(setup) -> None:
+    pretrained, finetuned, evaluate, reference = setup
+    rows = sweep_method("cart", GRID, pretrained, finetuned, evaluate, reference, progress=False)
+    val = rows[rows["split"] == "val"]
+    assert len(val) == 6 * len(TASKS) and val["setting"].nunique() == 6
+    assert np.allclose(rows["normalized_accuracy"], rows["accuracy"] / 0.5)
+    best = rows[rows["best"]]
+    assert best["setting"].nunique() == 1 and set(best["split"]) == {"val", "test"}
+    scores = val.groupby("setting")["normalized_accuracy"].mean()
+    assert scores[best["setting"].iloc[0]] == scores.max()
+    test = rows[rows["split"] == "test"]
+    assert test["best_at_sweep"].all() and sorted(test["rank"].unique()) == [0.0, 0.5, 1.0]
+    assert test.groupby("rank")["setting"].nunique().eq(1).all()
+
+
+def test_rank_zero_and_full_equal_weight_averaging(setup) -> None:
+    pretrained, finetuned, evaluate, reference = setup
+    rows = sweep_method("cart", GRID, pretrained, finetuned, evaluate, reference, progress=False)
+    averaging = sweep_method("weight_averaging", {}, pretrained, finetuned, evaluate, reference, progress=False)
+    for split in ("val", "test"):
+        expected = averaging[averaging["split"] == split].set_index("task")["accuracy"]
+        for rank in (0.0, 1.0):
+            for _, group in rows[(rows["split"] == split) & (rows["rank"] == rank)].groupby("setting"):
+                pd.testing.assert_series_equal(group.set_index("task")["accuracy"], expected)
+
+
+def test_cached_factors_give_identical_rows(setup) -> None:
+    pretrained, finetuned, evaluate, reference = setup
+    computed = sweep_method("cart", GRID, pretrained, finetuned, evaluate, reference, progress=False)
+    factors = merging.compute_task_factors(pretrained, finetuned, centered=True)
+    cached = sweep_method("cart", GRID, pretrained, finetuned, evaluate, reference, factors=factors, progress=False)
+    pd.testing.assert_frame_equal(computed, cached)
