@@ -213,8 +213,10 @@ def main() -> None:
             pretrained, finetuned = write_models(workdir / "l14", shapes, args.large_tasks)
             models = size_mib([pretrained, *finetuned])
             largest = max(4 * (size[0] * size[1] if len(size) == 2 else 1) for size in shapes.values()) / 2**20
-            print(f"(c) ViT-L-14 shapes, {args.large_layers} blocks, {args.large_tasks} tasks, streamed: "
-                  f"{models:.0f} MiB of models, largest tensor {largest:.0f} MiB\n")
+            print(
+                f"(c) ViT-L-14 shapes, {args.large_layers} blocks, {args.large_tasks} tasks, streamed: "
+                f"{models:.0f} MiB of models, largest tensor {largest:.0f} MiB\n"
+            )
             print("| method | wall s | peak RSS MiB | RSS above baseline MiB | above baseline / all models |")
             print("|---|---|---|---|---|")
             for name in ("cart", "tsv_m"):

@@ -82,14 +82,20 @@ def suite(workdir: Path) -> Path:
 
 def test_every_artefact_exists(finished_run: Path) -> None:
     results = finished_run / "results"
-    expected = [results / "models/mini-clip" / name for name in ("pretrained.safetensors", "text.safetensors", "model.json")]
+    expected = [
+        results / "models/mini-clip" / name for name in ("pretrained.safetensors", "text.safetensors", "model.json")
+    ]
     for task in TASKS:
         expected += [
             results / "data" / task / "classnames.json",
             results / "heads/mini-clip" / f"{task}.safetensors",
             results / "finetuned/mini-clip" / f"{task}.safetensors",
         ]
-        expected += [results / "data" / task / f"{split}_{kind}.npy" for split in ("train", "val", "test") for kind in ("images", "labels")]
+        expected += [
+            results / "data" / task / f"{split}_{kind}.npy"
+            for split in ("train", "val", "test")
+            for kind in ("images", "labels")
+        ]
     expected += [suite(finished_run) / "eval" / f"{m}.csv" for m in REDUCED_CONFIG["methods"]]
     expected += [results / "svd/mini-clip/mini3" / f"{kind}.safetensors" for kind in ("centered", "original")]
     expected += [suite(finished_run) / "tables" / f"main.{ext}" for ext in ("csv", "md", "tex")]

@@ -28,7 +28,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     spec = load_spec(directory)
     pretrained = load_state_dict(directory / "pretrained.safetensors")
     generator = torch.Generator().manual_seed(1)
-    finetuned = [{k: v + 0.05 * torch.randn(v.shape, generator=generator) for k, v in pretrained.items()} for _ in TASKS]
+    finetuned = [
+        {k: v + 0.05 * torch.randn(v.shape, generator=generator) for k, v in pretrained.items()} for _ in TASKS
+    ]
     rng = np.random.default_rng(0)
     tasks = []
     for _ in TASKS:

@@ -59,8 +59,21 @@ def test_merge_writes_the_merge_and_reports_it(models, tmp_path: Path, capsys: p
 
 def test_merge_with_defaults_prints_them(models, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, paths = models
-    code = run(["merge", "--method", "consensus", "--set", "mask_lam=0.2,0.3", "--pretrained", paths[0],
-                "--finetuned", *paths[1:], "--output", str(tmp_path / "c.safetensors")])
+    code = run(
+        [
+            "merge",
+            "--method",
+            "consensus",
+            "--set",
+            "mask_lam=0.2,0.3",
+            "--pretrained",
+            paths[0],
+            "--finetuned",
+            *paths[1:],
+            "--output",
+            str(tmp_path / "c.safetensors"),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "hyper-parameters: k=2, mask_lam=0.2,0.3, lam=0.3, base=task_arithmetic" in out
@@ -92,8 +105,20 @@ def test_merge_key_mismatch_names_file_and_key(models, tmp_path: Path, capsys: p
     states, paths = models
     odd = tmp_path / "odd.safetensors"
     save_state_dict(odd, {key: value for key, value in states[1].items() if "bias" not in key})
-    code = run(["merge", "--method", "task_arithmetic", "--pretrained", paths[0], "--finetuned", paths[1], str(odd),
-                "--output", str(tmp_path / "x.safetensors")])
+    code = run(
+        [
+            "merge",
+            "--method",
+            "task_arithmetic",
+            "--pretrained",
+            paths[0],
+            "--finetuned",
+            paths[1],
+            str(odd),
+            "--output",
+            str(tmp_path / "x.safetensors"),
+        ]
+    )
     assert code == 2
     assert f"{odd}: key 'transformer.resblocks.0.attn.in_proj_bias'" in capsys.readouterr().err
 

@@ -212,8 +212,8 @@ def test_a_context_hands_out_one_kind_of_task_vector() -> None:
     assert torch.equal(ctx.average, torch.tensor([2.0, 4.0]))
     assert torch.equal(ctx.centered_task_vectors, torch.tensor([[-1.0, -2.0], [1.0, 2.0]]))
     with pytest.raises(RuntimeError, match="task_vectors asked for after"):
-        ctx.task_vectors
+        _ = ctx.task_vectors
     plain = TensorContext("w", torch.tensor([1.0, 1.0]), finetuned.clone(), {})
     assert torch.equal(plain.task_vectors, torch.tensor([[0.0, 1.0], [2.0, 5.0]]))
     with pytest.raises(RuntimeError, match="average asked for after"):
-        plain.average
+        _ = plain.average

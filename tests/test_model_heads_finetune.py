@@ -33,7 +33,9 @@ def test_image_encoder_has_open_clip_vit_keys(model_dir: Path) -> None:
     keys = set(load_state_dict(model_dir / "pretrained.safetensors"))
     for block in range(ARCH["layers"]):
         prefix = f"transformer.resblocks.{block}."
-        assert {prefix + k for k in ("attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")} <= keys
+        assert {
+            prefix + k for k in ("attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        } <= keys
     assert {"conv1.weight", "class_embedding", "positional_embedding", "proj", "ln_post.weight"} <= keys
     assert not any(k.startswith("visual.") for k in keys)
     text_keys = set(load_state_dict(model_dir / "text.safetensors"))
@@ -96,8 +98,12 @@ def test_finetuning_learns_and_keeps_the_head_frozen(model_dir: Path) -> None:
     test_images, test_labels = _separable_task(64, 1)
     device = torch.device("cpu")
     before = accuracy(visual, head, test_images, test_labels, spec, device)
-    settings = FinetuneSettings(steps=30, batch_size=32, lr=3e-3, weight_decay=0.1, warmup_steps=3, grad_clip=1.0, seed=0)
-    losses = finetune_image_encoder(visual, head, torch.tensor(np.log(20.0)), images, labels, spec, settings, device, progress=False)
+    settings = FinetuneSettings(
+        steps=30, batch_size=32, lr=3e-3, weight_decay=0.1, warmup_steps=3, grad_clip=1.0, seed=0
+    )
+    losses = finetune_image_encoder(
+        visual, head, torch.tensor(np.log(20.0)), images, labels, spec, settings, device, progress=False
+    )
     assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5])
     assert accuracy(visual, head, test_images, test_labels, spec, device) >= max(before, 0.9)
     assert torch.equal(head, head_before)

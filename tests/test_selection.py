@@ -12,7 +12,9 @@ def test_grid_is_cartesian_with_first_key_slowest() -> None:
 
 
 def test_setting_key_is_order_independent() -> None:
-    assert setting_key({"lam": 1.0, "rank": 0.1}) == setting_key({"rank": 0.1, "lam": 1.0}) == '{"lam": 1.0, "rank": 0.1}'
+    assert (
+        setting_key({"lam": 1.0, "rank": 0.1}) == setting_key({"rank": 0.1, "lam": 1.0}) == '{"lam": 1.0, "rank": 0.1}'
+    )
 
 
 def _val(scores: dict[tuple[float, float], list[float]]) -> pd.DataFrame:

@@ -67,9 +67,7 @@ def count_components(mask: np.ndarray) -> np.ndarray:
     ids = np.where(mask, np.arange(1, h * w + 1).reshape(1, h, w), 0)
     while True:
         p = np.pad(ids, ((0, 0), (1, 1), (1, 1)))
-        spread = np.maximum.reduce(
-            [ids, p[:, :-2, 1:-1], p[:, 2:, 1:-1], p[:, 1:-1, :-2], p[:, 1:-1, 2:]]
-        )
+        spread = np.maximum.reduce([ids, p[:, :-2, 1:-1], p[:, 2:, 1:-1], p[:, 1:-1, :-2], p[:, 1:-1, 2:]])
         spread = np.where(mask, spread, 0)
         if np.array_equal(spread, ids):
             return np.array([len(np.unique(m[m > 0])) for m in ids])

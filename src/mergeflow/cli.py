@@ -85,7 +85,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     clip = build_clip(spec)
     settings = PretrainSettings(args.steps, args.batch_size, args.lr, args.weight_decay, args.warmup_steps, args.seed)
     losses = contrastive_pretrain(
-        clip, spec, pool, tokens, torch.tensor(caption_ids), settings, device, progress=not args.no_progress)
+        clip, spec, pool, tokens, torch.tensor(caption_ids), settings, device, progress=not args.no_progress
+    )
     log.info("pretrain loss: first %.4f, last %.4f over %d steps", losses[0], losses[-1], len(losses))
     save_model_dir(args.out, spec, clip.cpu())
     return 0
@@ -101,7 +102,13 @@ def cmd_build_head(args: argparse.Namespace) -> int:
     classes = load_classes(args.data_dir)
     head = zero_shot_head(clip.to(device), build_tokenizer(spec), classes.classnames, classes.templates, device)
     save_head(args.out, head, clip.logit_scale.detach().cpu(), task=Path(args.data_dir).name, model=spec.name)
-    log.info("head %s: %d classes × %d templates → %s", Path(args.data_dir).name, len(classes.classnames), len(classes.templates), args.out)
+    log.info(
+        "head %s: %d classes × %d templates → %s",
+        Path(args.data_dir).name,
+        len(classes.classnames),
+        len(classes.templates),
+        args.out,
+    )
     return 0
 
 
@@ -140,28 +147,17 @@ def _task_splits(args: argparse.Namespace) -> list:
 
 
 def cmd_evaluate_reference(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from mergeflow.io import atomic_path, load_state_dict
-    from mergeflow.merge_eval import make_evaluator
+    from mergeflow.merge_eval import reference_accuracies
     from mergeflow.model import load_image_encoder, load_spec
 
     _same_length(args, ["tasks", "heads", "data", "finetuned"])
     device = _setup(args)
     spec = load_spec(args.model_dir)
     visual = load_image_encoder(args.model_dir)
-    tasks = _task_splits(args)
-    evaluate = make_evaluator(visual, spec, tasks, device, args.batch_size)
     pretrained = load_state_dict(Path(args.model_dir) / "pretrained.safetensors")
-    rows = []
-    for split in ("val", "test"):
-        zeroshot = evaluate(pretrained, split)
-        for task, finetuned in zip(args.tasks, args.finetuned):
-            individual = make_evaluator(visual, spec, [t for t in tasks if t.name == task], device, args.batch_size)
-            rows.append(
-                {"task": task, "split": split, "zeroshot": zeroshot[task], "individual": individual(load_state_dict(finetuned), split)[task]}
-            )
-    table = pd.DataFrame(rows)
+    finetuned = [load_state_dict(path) for path in args.finetuned]
+    table = reference_accuracies(visual, spec, _task_splits(args), pretrained, finetuned, device, args.batch_size)
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, index=False)
     log.info("reference accuracies:\n%s", table.to_string(index=False))
@@ -205,7 +201,9 @@ def cmd_merge_eval(args: argparse.Namespace) -> int:
     with atomic_path(args.out) as tmp:
         rows.to_csv(tmp, index=False)
     best = rows[rows["best"] & (rows["split"] == "test")]
-    log.info("%s: best setting %s, test average accuracy %.4f", args.method, best["setting"].iloc[0], best["accuracy"].mean())
+    log.info(
+        "%s: best setting %s, test average accuracy %.4f", args.method, best["setting"].iloc[0], best["accuracy"].mean()
+    )
     return 0
 
 
@@ -218,7 +216,9 @@ def cmd_decompose(args: argparse.Namespace) -> int:
     finetuned = [load_state_dict(path) for path in args.finetuned]
     factors = merging.compute_task_factors(pretrained, finetuned, centered=args.kind == "centered", device=str(device))
     merging.save_task_factors(args.out, factors)
-    log.info("%s task factors of %d matrices × %d tasks → %s", args.kind, len(factors.matrices), factors.num_tasks, args.out)
+    log.info(
+        "%s task factors of %d matrices × %d tasks → %s", args.kind, len(factors.matrices), factors.num_tasks, args.out
+    )
     return 0
 
 
@@ -231,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="tiny", help="where the data comes from (tiny: the embedded benchmark)")
     p.add_argument("--task", required=True)
     p.add_argument("--image-size", type=int, required=True)
-    p.add_argument("--train-size", type=int, required=True, help="examples in the full training split (val is held out of it)")
+    p.add_argument(
+        "--train-size", type=int, required=True, help="examples in the full training split (val is held out of it)"
+    )
     p.add_argument("--test-size", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="task directory")
@@ -243,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", required=True)
     p.add_argument("--images-per-task", type=int, required=True)
     p.add_argument("--caption-noise", type=float, default=0.0)
-    p.add_argument("--data-seed", type=int, default=1000, help="seed of the pre-training images (distinct from the task splits)")
+    p.add_argument(
+        "--data-seed", type=int, default=1000, help="seed of the pre-training images (distinct from the task splits)"
+    )
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--lr", type=float, required=True)
@@ -292,11 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--method", required=True)
             p.add_argument("--grid", type=_json_arg, default={}, help="JSON object: hyper-parameter → value or list")
             p.add_argument("--reference", required=True, help="CSV written by evaluate-reference")
-            p.add_argument("--factors", default=None, help="task factors from `mergeflow decompose` (cart, lowrank_ta, tsv_m)")
+            p.add_argument(
+                "--factors", default=None, help="task factors from `mergeflow decompose` (cart, lowrank_ta, tsv_m)"
+            )
         _common(p)
         p.set_defaults(func=func)
 
-    p = sub.add_parser("decompose", help="thin SVD of every (task, matrix) task vector, reused by every rank of a sweep")
+    p = sub.add_parser(
+        "decompose", help="thin SVD of every (task, matrix) task vector, reused by every rank of a sweep"
+    )
     p.add_argument("--pretrained", required=True)
     p.add_argument("--finetuned", nargs="+", required=True)
     p.add_argument("--kind", choices=("centered", "original"), required=True, help="θ_t − θ_avg (cart) or θ_t − θ_0")
@@ -315,7 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
     )
     try:
         return int(args.func(args))

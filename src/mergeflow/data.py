@@ -112,4 +112,3 @@ def write_task(
         save_split(task_dir, split, images, labels)
     save_classes(task_dir, task, classes)
     return {split: int(len(labels)) for split, (_, labels) in splits.items()}
-

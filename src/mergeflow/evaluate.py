@@ -11,7 +11,12 @@ from mergeflow.model import ModelSpec, images_to_tensor
 
 @torch.no_grad()
 def predict(
-    visual: torch.nn.Module, head: torch.Tensor, images: np.ndarray, spec: ModelSpec, device: torch.device, batch_size: int
+    visual: torch.nn.Module,
+    head: torch.Tensor,
+    images: np.ndarray,
+    spec: ModelSpec,
+    device: torch.device,
+    batch_size: int,
 ) -> np.ndarray:
     """Predicted class index per image (argmax of cosine similarity; the logit scale cannot change it)."""
     visual.eval()

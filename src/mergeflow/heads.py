@@ -35,7 +35,9 @@ def head_logits(features: torch.Tensor, head: torch.Tensor, logit_scale: torch.T
 
 
 def save_head(path: str, head: torch.Tensor, logit_scale: torch.Tensor, task: str, model: str) -> None:
-    save_state_dict(path, {"weight": head, "logit_scale": logit_scale.detach().reshape(())}, {"task": task, "model": model})
+    save_state_dict(
+        path, {"weight": head, "logit_scale": logit_scale.detach().reshape(())}, {"task": task, "model": model}
+    )
 
 
 def load_head(path: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,6 +34,8 @@ class TaskSplits:
 
 Evaluator = Callable[[StateDict, str], dict[str, float]]
 
+EVAL_SPLITS = ("val", "test")
+
 
 def make_evaluator(
     visual: torch.nn.Module, spec: ModelSpec, tasks: Sequence[TaskSplits], device: torch.device, batch_size: int
@@ -50,6 +52,40 @@ def make_evaluator(
         return results
 
     return evaluate
+
+
+def reference_accuracies(
+    visual: torch.nn.Module,
+    spec: ModelSpec,
+    tasks: Sequence[TaskSplits],
+    pretrained: StateDict,
+    finetuned: Sequence[StateDict],
+    device: torch.device,
+    batch_size: int,
+) -> pd.DataFrame:
+    """Zero-shot (θ_0 on every task) and individual (θ_t on task t only) accuracy per task and split.
+
+    Columns task, split, zeroshot, individual; val rows first, tasks in the given order.
+    """
+    zeroshot = make_evaluator(visual, spec, tasks, device, batch_size)
+    zeroshot_by_split = {split: zeroshot(pretrained, split) for split in EVAL_SPLITS}
+    individual_by_split: dict[str, dict[str, float]] = {split: {} for split in EVAL_SPLITS}
+    for task, weights in zip(tasks, finetuned):
+        own_task = make_evaluator(visual, spec, [task], device, batch_size)
+        for split in EVAL_SPLITS:
+            individual_by_split[split][task.name] = own_task(weights, split)[task.name]
+    return pd.DataFrame(
+        [
+            {
+                "task": task.name,
+                "split": split,
+                "zeroshot": zeroshot_by_split[split][task.name],
+                "individual": individual_by_split[split][task.name],
+            }
+            for split in EVAL_SPLITS
+            for task in tasks
+        ]
+    )
 
 
 def _without_lam(setting: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,7 +122,9 @@ def sweep_method(
         key = setting_key(_without_lam(setting))
         if key not in directions:
             directions.clear()  # grid order groups lam values together; keep one direction in memory
-            directions[key] = merging.merge_direction(method, pretrained, finetuned, setting, factors=factors, device=device)
+            directions[key] = merging.merge_direction(
+                method, pretrained, finetuned, setting, factors=factors, device=device
+            )
         return directions[key].at(float(setting.get("lam", 0.0)))
 
     rows: list[dict[str, Any]] = []

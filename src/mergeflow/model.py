@@ -140,7 +140,8 @@ def load_weights(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]
     for key, tensor in expected.items():
         if tuple(state_dict[key].shape) != tuple(tensor.shape):
             raise InputError(
-                f"{source}: key {key!r} has shape {tuple(state_dict[key].shape)}, the architecture expects {tuple(tensor.shape)}"
+                f"{source}: key {key!r} has shape {tuple(state_dict[key].shape)}, "
+                f"the architecture expects {tuple(tensor.shape)}"
             )
     module.load_state_dict(state_dict, strict=True)
 

@@ -12,7 +12,9 @@ def adamw(parameters: Iterable[torch.nn.Parameter], lr: float, weight_decay: flo
     return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
 
 
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def cosine_with_warmup(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up from 0 to the base rate, then a cosine decay to 0 at `total_steps`."""
 
     def factor(step: int) -> float:

@@ -87,4 +87,3 @@ def mark_selection(rows: pd.DataFrame, best: str, best_at_sweep: set[str]) -> pd
     marked["best"] = marked["setting"] == best
     marked["best_at_sweep"] = marked["setting"].isin(best_at_sweep)
     return marked
-

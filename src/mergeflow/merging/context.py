@@ -86,7 +86,9 @@ class TensorContext:
 
     def _require(self, holds: str, wanted: str) -> None:
         if self._stack_holds != holds:
-            raise RuntimeError(f"{self.key}: {wanted} asked for after the fine-tuned tensors became {self._stack_holds}")
+            raise RuntimeError(
+                f"{self.key}: {wanted} asked for after the fine-tuned tensors became {self._stack_holds}"
+            )
 
 
 @dataclass(frozen=True)

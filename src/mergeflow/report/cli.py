@@ -19,9 +19,7 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
         description="Build the main results table and the rank-sweep figure from evaluation CSVs.",
     )
     parser.add_argument("--reference", required=True, type=Path, help="reference.csv (zero-shot and individual)")
-    parser.add_argument(
-        "--results", required=True, nargs="+", type=Path, help="one CSV per method, in table row order"
-    )
+    parser.add_argument("--results", required=True, nargs="+", type=Path, help="one CSV per method, in table row order")
     parser.add_argument("--tasks", required=True, nargs="+", help="task names, in table column order")
     parser.add_argument("--tables-dir", required=True, type=Path, help="where main.{csv,md,tex} go")
     parser.add_argument("--figures-dir", required=True, type=Path, help="where rank_sweep.{png,pdf} go")

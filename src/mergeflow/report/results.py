@@ -150,9 +150,7 @@ def _parse_floats(
     unparsable = values.isna() & ~missing & ~text.str.lower().isin({"nan"})
     if unparsable.any():
         bad = unparsable.idxmax()
-        raise InputError(
-            f"{path}: column {column!r} has {text[bad]!r} on line {_line_number(bad)}; expected a number"
-        )
+        raise InputError(f"{path}: column {column!r} has {text[bad]!r} on line {_line_number(bad)}; expected a number")
     if not allow_missing and values.isna().any():
         raise InputError(
             f"{path}: column {column!r} is NaN on line {_line_number(values.isna().idxmax())}; expected a number"

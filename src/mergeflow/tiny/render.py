@@ -86,9 +86,7 @@ def local_coords(
     return cos * dx + sin * dy, cos * dy - sin * dx
 
 
-def regular_polygon(
-    u: np.ndarray, v: np.ndarray, sides: int, circumradius: float, tip_angle: float
-) -> np.ndarray:
+def regular_polygon(u: np.ndarray, v: np.ndarray, sides: int, circumradius: float, tip_angle: float) -> np.ndarray:
     """Inside test for a regular polygon with one vertex at `tip_angle` (radians, 0 = right)."""
     inradius = circumradius * np.cos(np.pi / sides)
     inside = np.ones(u.shape, dtype=bool)
@@ -173,9 +171,7 @@ def random_colours(rng: np.random.Generator, n: int) -> np.ndarray:
     return hsv_to_rgb(rng.random(n), rng.uniform(0.0, 1.0, n), rng.uniform(0.1, 1.0, n))
 
 
-def contrasting_colours(
-    rng: np.random.Generator, n: int, min_contrast: float = 0.35
-) -> tuple[np.ndarray, np.ndarray]:
+def contrasting_colours(rng: np.random.Generator, n: int, min_contrast: float = 0.35) -> tuple[np.ndarray, np.ndarray]:
     """Random (background, foreground) colour pairs whose luminances differ enough to see."""
     background = random_colours(rng, n)
     foreground = random_colours(rng, n)
