@@ -149,13 +149,13 @@ def _task_splits(args: argparse.Namespace) -> list:
 def cmd_evaluate_reference(args: argparse.Namespace) -> int:
     from mergeflow.io import atomic_path, load_state_dict
     from mergeflow.merge_eval import reference_accuracies
-    from mergeflow.model import load_image_encoder, load_spec
+    from mergeflow.model import load_image_encoder, load_spec, pretrained_path
 
     _same_length(args, ["tasks", "heads", "data", "finetuned"])
     device = _setup(args)
     spec = load_spec(args.model_dir)
-    visual = load_image_encoder(args.model_dir)
-    pretrained = load_state_dict(Path(args.model_dir) / "pretrained.safetensors")
+    pretrained = load_state_dict(pretrained_path(args.model_dir))
+    visual = load_image_encoder(args.model_dir, pretrained)
     finetuned = [load_state_dict(path) for path in args.finetuned]
     table = reference_accuracies(visual, spec, _task_splits(args), pretrained, finetuned, device, args.batch_size)
     with atomic_path(args.out) as tmp:
@@ -170,12 +170,13 @@ def cmd_merge_eval(args: argparse.Namespace) -> int:
     from mergeflow import merging
     from mergeflow.io import atomic_path, load_state_dict
     from mergeflow.merge_eval import make_evaluator, sweep_method
-    from mergeflow.model import load_image_encoder, load_spec
+    from mergeflow.model import load_image_encoder, load_spec, pretrained_path
 
     _same_length(args, ["tasks", "heads", "data", "finetuned"])
     device = _setup(args)
     spec = load_spec(args.model_dir)
-    visual = load_image_encoder(args.model_dir)
+    pretrained = load_state_dict(pretrained_path(args.model_dir))
+    visual = load_image_encoder(args.model_dir, pretrained)
     reference_table = pd.read_csv(args.reference)
     reference = {
         split: dict(zip(group["task"], group["individual"])) for split, group in reference_table.groupby("split")
@@ -184,7 +185,6 @@ def cmd_merge_eval(args: argparse.Namespace) -> int:
     if missing:
         raise InputError(f"{args.reference}: no val/test rows for tasks {missing}")
     evaluate = make_evaluator(visual, spec, _task_splits(args), device, args.batch_size)
-    pretrained = load_state_dict(Path(args.model_dir) / "pretrained.safetensors")
     finetuned = [load_state_dict(path) for path in args.finetuned]
     factors = merging.load_task_factors(args.factors, device=str(device)) if args.factors else None
     rows = sweep_method(

@@ -25,6 +25,11 @@ OPENAI_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 VISUAL_PREFIX = "visual."
 
 
+def pretrained_path(model_dir: str | os.PathLike[str]) -> Path:
+    """The image encoder θ_0 of a model directory."""
+    return Path(model_dir) / "pretrained.safetensors"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything needed to rebuild a CLIP and feed it images and text."""
@@ -119,7 +124,7 @@ def save_model_dir(model_dir: str | os.PathLike[str], spec: ModelSpec, clip: tor
     save_state_dict(directory / "text.safetensors", text, {"model": spec.name})
     write_json(directory / "model.json", spec.to_json())
     # Written last: Snakemake treats the image encoder as the directory's completion marker.
-    save_state_dict(directory / "pretrained.safetensors", image, {"model": spec.name})
+    save_state_dict(pretrained_path(directory), image, {"model": spec.name})
 
 
 def load_spec(model_dir: str | os.PathLike[str]) -> ModelSpec:
@@ -153,9 +158,9 @@ def load_image_encoder(
     spec = load_spec(model_dir)
     visual = build_clip(spec).visual
     if weights is None:
-        weights = Path(model_dir) / "pretrained.safetensors"
+        weights = pretrained_path(model_dir)
     if isinstance(weights, Mapping):
-        load_weights(visual, weights, "merged state dict")
+        load_weights(visual, weights, "in-memory state dict")
     else:
         load_weights(visual, load_state_dict(weights), str(weights))
     return visual
@@ -165,7 +170,7 @@ def load_clip(model_dir: str | os.PathLike[str]) -> tuple[ModelSpec, torch.nn.Mo
     """The full CLIP (image and text towers) of `model_dir` with its pretrained weights."""
     spec = load_spec(model_dir)
     clip = build_clip(spec)
-    image = load_state_dict(Path(model_dir) / "pretrained.safetensors")
+    image = load_state_dict(pretrained_path(model_dir))
     text = load_state_dict(Path(model_dir) / "text.safetensors")
     combined = {VISUAL_PREFIX + key: value for key, value in image.items()} | text
     load_weights(clip, combined, str(model_dir))
