@@ -4,7 +4,11 @@ from snakemake.utils import min_version, validate
 min_version("8.20")
 
 
-configfile: "config/config.yaml"
+# A --configfile is a complete config (config/paper/*.yaml are); only without one is the tiny default
+# loaded, so that keys of the default never leak into another benchmark. --config key=value edits either.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

@@ -3,6 +3,9 @@ import os
 # Tests share two cores with whatever else runs; one torch thread keeps them predictable.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Tests never reach a hub: real sources are exercised against cache fixtures in their served layout.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import torch  # noqa: E402
 

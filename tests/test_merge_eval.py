@@ -78,3 +78,13 @@ def test_cached_factors_give_identical_rows(setup) -> None:
     factors = merging.compute_task_factors(pretrained, finetuned, centered=True)
     cached = sweep_method("cart", GRID, pretrained, finetuned, evaluate, reference, factors=factors, progress=False)
     pd.testing.assert_frame_equal(computed, cached)
+
+
+def test_a_variant_entry_runs_its_method_under_its_own_label(setup) -> None:
+    pretrained, finetuned, evaluate, reference = setup
+    released = sweep_method("cart@released", {"rank": 0.5, "lam": 2.0}, pretrained, finetuned, evaluate, reference,
+                            progress=False)  # fmt: skip
+    grid = sweep_method("cart", GRID, pretrained, finetuned, evaluate, reference, progress=False)
+    assert set(released["method"]) == {"cart@released"}
+    same_setting = grid[(grid["rank"] == 0.5) & (grid["lam"] == 2.0) & (grid["split"] == "val")]
+    assert released[released["split"] == "val"]["accuracy"].tolist() == same_setting["accuracy"].tolist()

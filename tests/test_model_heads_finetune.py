@@ -109,6 +109,48 @@ def test_finetuning_learns_and_keeps_the_head_frozen(model_dir: Path) -> None:
     assert torch.equal(head, head_before)
 
 
+def test_micro_batches_accumulate_to_the_full_batch_step(model_dir: Path) -> None:
+    spec, _ = load_clip(model_dir)
+    torch.manual_seed(2)
+    head = F.normalize(torch.randn(2, ARCH["embed_dim"]), dim=-1)
+    images, labels = _separable_task(64, 3)
+    trained = {}
+    for micro in (None, 8):
+        visual = load_image_encoder(model_dir)
+        settings = FinetuneSettings(
+            steps=3,
+            batch_size=32,
+            lr=1e-3,
+            weight_decay=0.1,
+            warmup_steps=1,
+            grad_clip=1.0,
+            seed=0,
+            micro_batch_size=micro,
+        )
+        losses = finetune_image_encoder(
+            visual,
+            head,
+            torch.tensor(np.log(20.0)),
+            images,
+            labels,
+            spec,
+            settings,
+            torch.device("cpu"),
+            progress=False,
+        )
+        trained[micro] = (losses, visual.state_dict())
+    # Same losses at every step means the same model after each update.
+    np.testing.assert_allclose(trained[8][0], trained[None][0], rtol=1e-5)
+    # Adam turns float rounding on near-zero gradients into steps of up to ~lr, hence atol below 3 lr.
+    start = load_image_encoder(model_dir).state_dict()
+    moved = max(float((trained[None][1][key] - start[key]).abs().max()) for key in start)
+    assert moved > 2e-3
+    for key, value in trained[None][1].items():
+        torch.testing.assert_close(trained[8][1][key], value, rtol=0, atol=3e-4)
+    with pytest.raises(ValueError, match="finetune.micro_batch_size 5 must be a positive divisor"):
+        FinetuneSettings(4, 32, 1e-3, 0.1, 0, 1.0, 0, micro_batch_size=5).micro_batches()
+
+
 def test_accuracy_counts_correct_predictions(model_dir: Path) -> None:
     spec, _ = load_clip(model_dir)
     visual = load_image_encoder(model_dir)

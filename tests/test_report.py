@@ -354,3 +354,11 @@ def test_cli_bad_input_reports_error_and_writes_nothing(
     assert main(_aggregate_argv(inputs, tmp_path / "out")) == 2
     assert "cart.csv: missing column(s) 'accuracy'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_variant_entries_get_their_own_display_name():
+    from mergeflow.report.tables import display_name
+
+    assert display_name("cart") == "CART"
+    assert display_name("cart@released") == "CART (released)"
+    assert display_name("new_method@x") == "new_method (x)"

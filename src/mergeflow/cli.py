@@ -45,11 +45,34 @@ def _setup(args: argparse.Namespace, seed: int | None = None) -> object:
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:
+    if args.source == "tiny":
+        return _prepare_tiny_task(args)
+    from mergeflow.image_tasks import prepare_image_task
+
+    counts = prepare_image_task(
+        args.task,
+        args.out,
+        image_size=args.image_size,
+        source=args.source,
+        cache_dir=args.cache_dir,
+        revision=args.revision,
+        root=args.root,
+        emnist_split=args.emnist_split,
+        progress=not args.no_progress,
+    )
+    log.info("%s: wrote %s to %s", args.task, counts, args.out)
+    return 0
+
+
+def _prepare_tiny_task(args: argparse.Namespace) -> int:
     from mergeflow.data import TaskClasses, write_task
     from mergeflow.tiny import TINY_TASKS, generate_split
 
-    if args.source != "tiny":
-        raise InputError(f"--source {args.source!r}: only the embedded 'tiny' source is available in this version")
+    missing = [
+        flag for flag, value in (("--train-size", args.train_size), ("--test-size", args.test_size)) if value is None
+    ]
+    if missing:
+        raise InputError(f"--source tiny needs {missing} (data.train_size and data.test_size in the config)")
     task = TINY_TASKS.get(args.task)
     if task is None:
         raise InputError(f"--task {args.task!r}: unknown tiny task; expected one of {sorted(TINY_TASKS)}")
@@ -92,6 +115,39 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch_pretrained(args: argparse.Namespace) -> int:
+    from mergeflow.pretrained import fetch_pretrained
+
+    fetch_pretrained(
+        args.model,
+        args.pretrained,
+        args.out,
+        image_size=args.image_size,
+        revision=args.revision,
+        cache_dir=args.cache_dir,
+    )
+    return 0
+
+
+def cmd_fetch_finetuned(args: argparse.Namespace) -> int:
+    from mergeflow.checkpoints import fetch_finetuned
+    from mergeflow.io import load_state_dict
+
+    if not isinstance(args.source, dict) or "source" not in args.source:
+        raise InputError(f"--source {args.source!r}: expected a JSON object with a 'source' key (config: finetuned)")
+    record = fetch_finetuned(
+        args.source,
+        model=args.model,
+        task=args.task,
+        pretrained=load_state_dict(args.pretrained),
+        out=args.out,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+    )
+    log.info("%s/%s: %s", args.model, args.task, json.dumps(record, sort_keys=True))
+    return 0
+
+
 def cmd_build_head(args: argparse.Namespace) -> int:
     from mergeflow.data import load_classes
     from mergeflow.heads import save_head, zero_shot_head
@@ -125,7 +181,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     head, logit_scale = load_head(args.head)
     images, labels = load_split(args.data_dir, "train")
     settings = FinetuneSettings(
-        args.steps, args.batch_size, args.lr, args.weight_decay, args.warmup_steps, args.grad_clip, args.seed
+        args.steps,
+        args.batch_size,
+        args.lr,
+        args.weight_decay,
+        args.warmup_steps,
+        args.grad_clip,
+        args.seed,
+        micro_batch_size=args.micro_batch_size,
     )
     losses = finetune_image_encoder(
         visual, head, logit_scale, images, labels, spec, settings, device, progress=not args.no_progress
@@ -228,16 +291,45 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("prepare-data", help="generate or download one task's data and store its splits")
-    p.add_argument("--source", default="tiny", help="where the data comes from (tiny: the embedded benchmark)")
+    p.add_argument(
+        "--source",
+        choices=("tiny", "huggingface", "torchvision"),
+        default="tiny",
+        help="tiny: the embedded benchmark; huggingface: the task's hub dataset; torchvision: its torchvision class",
+    )
     p.add_argument("--task", required=True)
     p.add_argument("--image-size", type=int, required=True)
-    p.add_argument(
-        "--train-size", type=int, required=True, help="examples in the full training split (val is held out of it)"
-    )
-    p.add_argument("--test-size", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="task directory")
+    p.add_argument(
+        "--train-size", type=int, default=None, help="tiny: examples in the full training split (val is held out)"
+    )
+    p.add_argument("--test-size", type=int, default=None, help="tiny: test examples")
+    p.add_argument("--seed", type=int, default=0, help="tiny: generator seed")
+    p.add_argument("--cache-dir", default=None, help="huggingface: hub cache directory (default: HF_HOME's)")
+    p.add_argument("--revision", default="main", help="huggingface: dataset revision (branch, tag or commit)")
+    p.add_argument("--emnist-split", choices=("digits", "letters"), default="digits", help="EMNIST: which split")
+    p.add_argument("--root", default=None, help="torchvision: download directory")
+    p.add_argument("--no-progress", action="store_true", help="disable progress bars")
     p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("fetch-pretrained", help="download open_clip pretrained weights into a model directory")
+    p.add_argument("--model", required=True, help="open_clip model name, e.g. ViT-B-32")
+    p.add_argument("--pretrained", default="openai", help="open_clip pretrained tag")
+    p.add_argument("--image-size", type=int, default=None, help="checked against the model's input resolution")
+    p.add_argument("--revision", default=None, help="hub revision of the weights repository")
+    p.add_argument("--cache-dir", default=None, help="hub cache directory (default: HF_HOME's)")
+    p.add_argument("--out", required=True, help="model directory")
+    p.set_defaults(func=cmd_fetch_pretrained)
+
+    p = sub.add_parser("fetch-finetuned", help="download or copy one task's fine-tuned image encoder")
+    p.add_argument("--source", type=_json_arg, required=True, help="JSON object: the config's `finetuned` block")
+    p.add_argument("--model", required=True, help="open_clip model name, e.g. ViT-B-32")
+    p.add_argument("--task", required=True)
+    p.add_argument("--pretrained", required=True, help="θ_0 (pretrained.safetensors), to check keys and shapes")
+    p.add_argument("--cache-dir", default=None, help="hub cache directory (default: HF_HOME's)")
+    p.add_argument("--out", required=True, help="safetensors file; a JSON record of the source lands beside it")
+    p.add_argument("--no-progress", action="store_true", help="disable progress bars")
+    p.set_defaults(func=cmd_fetch_finetuned)
 
     p = sub.add_parser("pretrain", help="contrastively pre-train the embedded tiny CLIP")
     p.add_argument("--name", required=True, help="model name recorded in model.json")
@@ -275,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument(
+        "--micro-batch-size", type=int, default=None, help="examples per pass; gradients accumulate to --batch-size"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     _common(p)

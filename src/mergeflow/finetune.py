@@ -23,6 +23,17 @@ class FinetuneSettings:
     warmup_steps: int
     grad_clip: float
     seed: int
+    # Examples per forward/backward pass; gradients of batch_size / micro_batch_size passes are
+    # accumulated into one optimizer step, so a GPU short of memory still trains with the full batch.
+    micro_batch_size: int | None = None
+
+    def micro_batches(self) -> int:
+        micro = self.micro_batch_size or self.batch_size
+        if micro <= 0 or self.batch_size % micro:
+            raise ValueError(
+                f"finetune.micro_batch_size {micro} must be a positive divisor of finetune.batch_size {self.batch_size}"
+            )
+        return self.batch_size // micro
 
 
 def finetune_image_encoder(
@@ -39,7 +50,8 @@ def finetune_image_encoder(
 ) -> list[float]:
     """AdamW, cosine schedule with linear warm-up, gradient clipping; the head never changes.
 
-    Batches are drawn without replacement within each epoch from a generator seeded by `settings.seed`.
+    Batches are drawn without replacement within each epoch from a generator seeded by `settings.seed`;
+    a batch split into micro-batches gives the same step as the whole batch (the mean loss is kept).
     Returns the loss per step.
     """
     visual.to(device).train()
@@ -51,19 +63,23 @@ def finetune_image_encoder(
     generator = np.random.default_rng(settings.seed)
     order = generator.permutation(len(labels))
     cursor = 0
+    chunks = settings.micro_batches()
     losses: list[float] = []
     for _ in tqdm(range(settings.steps), desc="finetune", disable=not progress, mininterval=5.0):
         if cursor + settings.batch_size > len(order):
             order, cursor = generator.permutation(len(labels)), 0
         batch = np.sort(order[cursor : cursor + settings.batch_size])
         cursor += settings.batch_size
-        logits = head_logits(visual(images_to_tensor(images[batch], spec, device)), head, logit_scale)
-        loss = F.cross_entropy(logits, targets_all[batch].to(device))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        step_loss = 0.0
+        for part in np.array_split(batch, chunks):
+            logits = head_logits(visual(images_to_tensor(images[part], spec, device)), head, logit_scale)
+            loss = F.cross_entropy(logits, targets_all[part].to(device)) * (len(part) / len(batch))
+            loss.backward()
+            step_loss += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(visual.parameters(), settings.grad_clip)
         optimizer.step()
         schedule.step()
-        losses.append(float(loss.detach()))
+        losses.append(step_loss)
     visual.eval()
     return losses

@@ -21,6 +21,17 @@ FACTOR_KIND = {"cart": "centered", "lowrank_ta": "original", "tsv_m": "original"
 """Methods whose sweeps reuse SVD factors, and which task vectors they decompose
 (centered θ_t − θ_avg or original θ_t − θ_0)."""
 
+VARIANT_SEPARATOR = "@"
+
+
+def base_method(entry: str) -> str:
+    """The registry method of a config entry: `cart@released` is a second, separately reported cart grid."""
+    return entry.split(VARIANT_SEPARATOR, 1)[0]
+
+
+def factor_kind(entry: str) -> str | None:
+    return FACTOR_KIND.get(base_method(entry))
+
 
 @dataclass(frozen=True)
 class TaskSplits:
@@ -106,14 +117,16 @@ def sweep_method(
 ) -> pd.DataFrame:
     """Evaluate every setting of `grid` on val, then the selected settings on test.
 
+    `method` is a config entry (a registry name, or `name@variant`); rows are labelled with it.
     Settings that differ only in `lam` share one merge direction (origin + lam·delta), and spectral
     methods share one SVD per (task, matrix) across the whole grid. `reference[split][task]` is the
     individual fine-tuned accuracy used for normalisation. `factors` (from the decompose stage) are
     computed here when a spectral method is given none.
     """
-    settings = [merging.resolve_hparams(method, raw) for raw in expand_grid(grid)]
-    if factors is None and method in FACTOR_KIND:
-        centered = FACTOR_KIND[method] == "centered"
+    registry_name = base_method(method)
+    settings = [merging.resolve_hparams(registry_name, raw) for raw in expand_grid(grid)]
+    if factors is None and factor_kind(method):
+        centered = factor_kind(method) == "centered"
         factors = merging.compute_task_factors(pretrained, finetuned, centered=centered, device=device)
 
     directions: dict[str, merging.MergeDirection] = {}
@@ -123,7 +136,7 @@ def sweep_method(
         if key not in directions:
             directions.clear()  # grid order groups lam values together; keep one direction in memory
             directions[key] = merging.merge_direction(
-                method, pretrained, finetuned, setting, factors=factors, device=device
+                registry_name, pretrained, finetuned, setting, factors=factors, device=device
             )
         return directions[key].at(float(setting.get("lam", 0.0)))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ class ModelSpec:
     open_clip_config: dict[str, Any]
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
+    # Where the weights came from (hub repo, file, commit, checksum); empty for the embedded tiny model.
+    source: dict[str, Any] = field(default_factory=dict)
 
     @property
     def image_size(self) -> int:
@@ -53,6 +55,7 @@ class ModelSpec:
             "open_clip_config": self.open_clip_config,
             "image_mean": list(self.image_mean),
             "image_std": list(self.image_std),
+            "source": self.source,
         }
 
     @classmethod
@@ -65,6 +68,7 @@ class ModelSpec:
             open_clip_config=dict(obj["open_clip_config"]),
             image_mean=tuple(float(v) for v in obj["image_mean"]),  # type: ignore[arg-type]
             image_std=tuple(float(v) for v in obj["image_std"]),  # type: ignore[arg-type]
+            source=dict(obj.get("source", {})),
         )
 
 
@@ -93,11 +97,23 @@ def tiny_clip_spec(name: str, architecture: Mapping[str, int]) -> ModelSpec:
     return ModelSpec(name=name, open_clip_config=config, image_mean=OPENAI_IMAGE_MEAN, image_std=OPENAI_IMAGE_STD)
 
 
+# open_clip model-config keys that `open_clip.model.CLIP` accepts; others (custom text towers, HF text
+# models) would need a different class and are outside what this pipeline merges.
+_CLIP_CONFIG_KEYS = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_scale", "init_logit_bias"}
+
+
 def build_clip(spec: ModelSpec) -> torch.nn.Module:
+    """A randomly initialised open_clip CLIP of the recorded architecture (QuickGELU for OpenAI weights)."""
     import open_clip
 
     cfg = spec.open_clip_config
-    return open_clip.model.CLIP(embed_dim=cfg["embed_dim"], vision_cfg=cfg["vision_cfg"], text_cfg=cfg["text_cfg"])
+    unsupported = sorted(set(cfg) - _CLIP_CONFIG_KEYS)
+    if unsupported:
+        raise InputError(
+            f"model {spec.name!r}: open_clip config keys {unsupported} are not supported; "
+            f"expected only {sorted(_CLIP_CONFIG_KEYS)} (a ViT image tower with the standard text tower)"
+        )
+    return open_clip.model.CLIP(**cfg)
 
 
 def build_tokenizer(spec: ModelSpec) -> Any:

@@ -3,9 +3,12 @@
 import json
 import os
 
-from mergeflow.merge_eval import FACTOR_KIND
+from mergeflow.merge_eval import factor_kind
 
 MODEL = config["model"]["name"]
+MODEL_SOURCE = config["model"]["source"]
+FINETUNED = config.get("finetuned", {"source": "finetune"})
+HUB_CACHE = config.get("hub", {}).get("cache_dir")
 TASKS = list(config["tasks"])
 BENCHMARK = config["benchmark"]
 METHODS = list(config["methods"])
@@ -58,6 +61,28 @@ def device_flag():
     return f"--device {config.get('device', 'auto')}"
 
 
+def image_size():
+    """The resolution prepare_data stores: the tiny architecture's, or the open_clip model's (224)."""
+    if MODEL_SOURCE == "pretrain":
+        return config["model"]["architecture"]["image_size"]
+    return config["model"].get("image_size", 224)
+
+
+def hub_cache_flag():
+    return f"--cache-dir {HUB_CACHE}" if HUB_CACHE else ""
+
+
+def data_source_flags():
+    """prepare-data options of the configured source; they are params, so changing one reruns the data."""
+    data = config["data"]
+    if data["source"] == "tiny":
+        return f"--train-size {data['train_size']} --test-size {data['test_size']} --seed {data.get('seed', 0)}"
+    if data["source"] == "torchvision":
+        return f"--root {data.get('root', f'{RESULTS}/downloads/torchvision')}"
+    flags = f"--revision {data.get('revision', 'main')} --emnist-split {data.get('emnist_split', 'digits')}"
+    return f"{flags} {hub_cache_flag()}".strip()
+
+
 def task_inputs():
     """Named inputs of the rules that evaluate all tasks together, in the configured task order."""
     return {
@@ -79,7 +104,7 @@ def task_flags():
 
 def factor_inputs(wildcards):
     """The cached SVD factors a spectral method's sweep reuses (none for the other methods)."""
-    kind = FACTOR_KIND.get(wildcards.method)
+    kind = factor_kind(wildcards.method)
     return {"factors": f"{RESULTS}/svd/{MODEL}/{BENCHMARK}/{kind}.safetensors"} if kind else {}
 
 

@@ -6,10 +6,8 @@ rule prepare_data:
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.classnames),
         source=config["data"]["source"],
-        image_size=config["model"]["architecture"]["image_size"],
-        train_size=config["data"]["train_size"],
-        test_size=config["data"]["test_size"],
-        seed=config["data"]["seed"],
+        image_size=image_size(),
+        options=data_source_flags(),
     conda:
         "../../envs/mergeflow.yaml"
     log:
@@ -18,5 +16,4 @@ rule prepare_data:
         benchmark_path("prepare_data", "{task}")
     shell:
         "mergeflow prepare-data --source {params.source} --task {wildcards.task}"
-        " --image-size {params.image_size} --train-size {params.train_size} --test-size {params.test_size}"
-        " --seed {params.seed} --out {params.out_dir} > {log} 2>&1"
+        " --image-size {params.image_size} {params.options} --out {params.out_dir} > {log} 2>&1"

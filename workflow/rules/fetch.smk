@@ -1,27 +1,53 @@
-# The tiny benchmark's stand-in for fetching OpenAI weights: a short contrastive pre-training.
-rule pretrain:
-    output:
-        image_encoder=f"{RESULTS}/models/{{model}}/pretrained.safetensors",
-        text=f"{RESULTS}/models/{{model}}/text.safetensors",
-        description=f"{RESULTS}/models/{{model}}/model.json",
-    params:
-        out_dir=lambda wildcards, output: os.path.dirname(output.image_encoder),
-        architecture=as_json(config["model"]["architecture"]),
-        tasks=" ".join(TASKS),
-        settings=config["pretrain"],
-        device=device_flag(),
-    threads: 2
-    conda:
-        "../../envs/mergeflow.yaml"
-    log:
-        log_path("pretrain", "{model}"),
-    benchmark:
-        benchmark_path("pretrain", "{model}")
-    shell:
-        "mergeflow pretrain --name {wildcards.model} --architecture {params.architecture:q} --tasks {params.tasks}"
-        " --images-per-task {params.settings[images_per_task]} --caption-noise {params.settings[caption_noise]}"
-        " --data-seed {params.settings[data_seed]} --steps {params.settings[steps]}"
-        " --batch-size {params.settings[batch_size]} --lr {params.settings[lr]}"
-        " --weight-decay {params.settings[weight_decay]} --warmup-steps {params.settings[warmup_steps]}"
-        " --seed {params.settings[seed]} --out {params.out_dir}"
-        " --threads {threads} {params.device} > {log} 2>&1"
+# θ_0 and the text tower: open_clip's published weights for real models, a short contrastive
+# pre-training for the embedded tiny model. Both write the same model directory.
+if MODEL_SOURCE == "open_clip":
+
+    rule fetch_pretrained:
+        output:
+            image_encoder=f"{RESULTS}/models/{{model}}/pretrained.safetensors",
+            text=f"{RESULTS}/models/{{model}}/text.safetensors",
+            description=f"{RESULTS}/models/{{model}}/model.json",
+        params:
+            out_dir=lambda wildcards, output: os.path.dirname(output.image_encoder),
+            open_clip=config["model"].get("open_clip", {}),
+            image_size=image_size(),
+            cache=hub_cache_flag(),
+        threads: 1
+        conda:
+            "../../envs/mergeflow.yaml"
+        log:
+            log_path("fetch_pretrained", "{model}"),
+        benchmark:
+            benchmark_path("fetch_pretrained", "{model}")
+        shell:
+            "mergeflow fetch-pretrained --model {params.open_clip[name]} --pretrained {params.open_clip[pretrained]}"
+            " --image-size {params.image_size} {params.cache} --out {params.out_dir} > {log} 2>&1"
+
+else:
+
+    rule pretrain:
+        output:
+            image_encoder=f"{RESULTS}/models/{{model}}/pretrained.safetensors",
+            text=f"{RESULTS}/models/{{model}}/text.safetensors",
+            description=f"{RESULTS}/models/{{model}}/model.json",
+        params:
+            out_dir=lambda wildcards, output: os.path.dirname(output.image_encoder),
+            architecture=as_json(config["model"]["architecture"]),
+            tasks=" ".join(TASKS),
+            settings=config["pretrain"],
+            device=device_flag(),
+        threads: 2
+        conda:
+            "../../envs/mergeflow.yaml"
+        log:
+            log_path("pretrain", "{model}"),
+        benchmark:
+            benchmark_path("pretrain", "{model}")
+        shell:
+            "mergeflow pretrain --name {wildcards.model} --architecture {params.architecture:q} --tasks {params.tasks}"
+            " --images-per-task {params.settings[images_per_task]} --caption-noise {params.settings[caption_noise]}"
+            " --data-seed {params.settings[data_seed]} --steps {params.settings[steps]}"
+            " --batch-size {params.settings[batch_size]} --lr {params.settings[lr]}"
+            " --weight-decay {params.settings[weight_decay]} --warmup-steps {params.settings[warmup_steps]}"
+            " --seed {params.settings[seed]} --out {params.out_dir}"
+            " --threads {threads} {params.device} > {log} 2>&1"

@@ -1,26 +1,53 @@
-rule finetune:
-    input:
-        model=f"{RESULTS}/models/{{model}}/pretrained.safetensors",
-        head=f"{RESULTS}/heads/{{model}}/{{task}}.safetensors",
-        data=f"{RESULTS}/data/{{task}}/classnames.json",
-    output:
-        f"{RESULTS}/finetuned/{{model}}/{{task}}.safetensors",
-    params:
-        model_dir=lambda wildcards, input: os.path.dirname(input.model),
-        data_dir=lambda wildcards, input: os.path.dirname(input.data),
-        settings=config["finetune"],
-        device=device_flag(),
-    threads: 1
-    conda:
-        "../../envs/mergeflow.yaml"
-    log:
-        log_path("finetune", "{model}/{task}"),
-    benchmark:
-        benchmark_path("finetune", "{model}/{task}")
-    shell:
-        "mergeflow finetune --model-dir {params.model_dir} --head {input.head}"
-        " --data-dir {params.data_dir} --steps {params.settings[steps]}"
-        " --batch-size {params.settings[batch_size]} --lr {params.settings[lr]}"
-        " --weight-decay {params.settings[weight_decay]} --warmup-steps {params.settings[warmup_steps]}"
-        " --grad-clip {params.settings[grad_clip]} --seed {params.settings[seed]}"
-        " --out {output} --threads {threads} {params.device} > {log} 2>&1"
+# θ_t per task: fine-tuned here by the METHODS.md protocol, or fetched from a published source.
+if FINETUNED["source"] == "finetune":
+
+    rule finetune:
+        input:
+            model=f"{RESULTS}/models/{{model}}/pretrained.safetensors",
+            head=f"{RESULTS}/heads/{{model}}/{{task}}.safetensors",
+            data=f"{RESULTS}/data/{{task}}/classnames.json",
+        output:
+            f"{RESULTS}/finetuned/{{model}}/{{task}}.safetensors",
+        params:
+            model_dir=lambda wildcards, input: os.path.dirname(input.model),
+            data_dir=lambda wildcards, input: os.path.dirname(input.data),
+            settings=config["finetune"],
+            micro_batch=config["finetune"].get("micro_batch_size", config["finetune"]["batch_size"]),
+            device=device_flag(),
+        threads: 1
+        conda:
+            "../../envs/mergeflow.yaml"
+        log:
+            log_path("finetune", "{model}/{task}"),
+        benchmark:
+            benchmark_path("finetune", "{model}/{task}")
+        shell:
+            "mergeflow finetune --model-dir {params.model_dir} --head {input.head}"
+            " --data-dir {params.data_dir} --steps {params.settings[steps]}"
+            " --batch-size {params.settings[batch_size]} --micro-batch-size {params.micro_batch}"
+            " --lr {params.settings[lr]}"
+            " --weight-decay {params.settings[weight_decay]} --warmup-steps {params.settings[warmup_steps]}"
+            " --grad-clip {params.settings[grad_clip]} --seed {params.settings[seed]}"
+            " --out {output} --threads {threads} {params.device} > {log} 2>&1"
+
+else:
+
+    rule fetch_finetuned:
+        input:
+            model=f"{RESULTS}/models/{{model}}/pretrained.safetensors",
+        output:
+            f"{RESULTS}/finetuned/{{model}}/{{task}}.safetensors",
+        params:
+            source=as_json(FINETUNED),
+            open_clip_name=config["model"].get("open_clip", {}).get("name", MODEL),
+            cache=hub_cache_flag(),
+        threads: 1
+        conda:
+            "../../envs/mergeflow.yaml"
+        log:
+            log_path("fetch_finetuned", "{model}/{task}"),
+        benchmark:
+            benchmark_path("fetch_finetuned", "{model}/{task}")
+        shell:
+            "mergeflow fetch-finetuned --source {params.source:q} --model {params.open_clip_name}"
+            " --task {wildcards.task} --pretrained {input.model} {params.cache} --out {output} > {log} 2>&1"

@@ -63,8 +63,10 @@ _LATEX_ESCAPES = str.maketrans(
 
 
 def display_name(method: str) -> str:
-    """The name a reader sees for a registry method name; unknown methods keep their own."""
-    return METHOD_DISPLAY_NAMES.get(method, method)
+    """The name a reader sees for a method entry (`cart`, or a variant `cart@released`); unknown names stay."""
+    name, _, variant = method.partition("@")
+    shown = METHOD_DISPLAY_NAMES.get(name, name)
+    return f"{shown} ({variant})" if variant else shown
 
 
 def main_table(reference: pd.DataFrame, results: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
