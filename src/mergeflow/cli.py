@@ -58,6 +58,7 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
         revision=args.revision,
         root=args.root,
         emnist_split=args.emnist_split,
+        workers=args.workers,
         progress=not args.no_progress,
     )
     log.info("%s: wrote %s to %s", args.task, counts, args.out)
@@ -309,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", default="main", help="huggingface: dataset revision (branch, tag or commit)")
     p.add_argument("--emnist-split", choices=("digits", "letters"), default="digits", help="EMNIST: which split")
     p.add_argument("--root", default=None, help="torchvision: download directory")
+    p.add_argument(
+        "--workers", type=int, default=1, help="huggingface, torchvision: image-decoding processes (tiny: ignored)"
+    )
     p.add_argument("--no-progress", action="store_true", help="disable progress bars")
     p.set_defaults(func=cmd_prepare_data)
 

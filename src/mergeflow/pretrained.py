@@ -8,7 +8,6 @@ HF_HUB_OFFLINE=1 after a first download, reads the cache only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -16,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from mergeflow.checkpoints.hub import snapshot_commit
+from mergeflow.checkpoints.readers import read_tensors
+from mergeflow.checkpoints.record import sha256_file
 from mergeflow.io import InputError
 from mergeflow.model import OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, ModelSpec, build_clip, load_weights, save_model_dir
 
@@ -53,14 +53,6 @@ def hub_weights(model_name: str, tag: str) -> HubWeights:
         raise InputError(f"{model_name}/{tag}: open_clip has no Hugging Face hub location for these weights")
     repo_id, filename = os.path.split(hub_path)
     return HubWeights(repo_id=repo_id.rstrip("/"), filename=filename or None)
-
-
-def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _download(repo_id: str, filename: str, revision: str | None, cache_dir: str | None) -> Path | None:
@@ -107,29 +99,6 @@ def _weights_file(weights: HubWeights, revision: str | None, cache_dir: str | No
     )
 
 
-def _snapshot_commit(path: Path) -> str:
-    """The commit of a file in the hub cache (`…/snapshots/<commit>/<file>`)."""
-    parts = path.parts
-    return parts[parts.index("snapshots") + 1] if "snapshots" in parts else ""
-
-
-def load_checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """A plain state dict from safetensors, or from a torch pickle restricted to tensors (weights_only)."""
-    from mergeflow.io import load_state_dict
-
-    if path.suffix == ".safetensors":
-        return load_state_dict(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or non-tensor pickles
-        raise InputError(f"{path}: not a plain tensor state dict readable with weights_only=True ({err})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise InputError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return {key.removeprefix("module."): value for key, value in state.items()}
-
-
 def fetch_pretrained(
     model_name: str,
     tag: str,
@@ -160,7 +129,7 @@ def fetch_pretrained(
             "repo_id": weights.repo_id,
             "revision": revision or "main",
             "file": weights_path.name,
-            "commit": _snapshot_commit(weights_path),
+            "commit": snapshot_commit(weights_path),
             "sha256": sha256_file(weights_path),
         },
     )
@@ -169,7 +138,9 @@ def fetch_pretrained(
             f"model.image_size is {image_size} but {model_name} takes {spec.image_size}×{spec.image_size} images"
         )
     clip = build_clip(spec)
-    load_weights(clip, load_checkpoint_tensors(weights_path), str(weights_path))
+    # A plain state dict either way: the .bin is read with weights_only=True, never unpickled.
+    tensors, _ = read_tensors(weights_path, allow_pickle=False, label=str(weights_path))
+    load_weights(clip, {key.removeprefix("module."): value for key, value in tensors.items()}, str(weights_path))
     save_model_dir(out_dir, spec, clip)
     log.info("%s/%s from %s (%s) → %s", model_name, tag, weights.repo_id, weights_path.name, out_dir)
     return spec

@@ -8,6 +8,8 @@ rule prepare_data:
         source=config["data"]["source"],
         image_size=image_size(),
         options=data_source_flags(),
+    # Real images are decoded in worker processes; the tiny generator is single-threaded.
+    threads: 1 if config["data"]["source"] == "tiny" else 4
     conda:
         "../../envs/mergeflow.yaml"
     log:
@@ -16,4 +18,4 @@ rule prepare_data:
         benchmark_path("prepare_data", "{task}")
     shell:
         "mergeflow prepare-data --source {params.source} --task {wildcards.task}"
-        " --image-size {params.image_size} {params.options} --out {params.out_dir} > {log} 2>&1"
+        " --image-size {params.image_size} {params.options} --workers {threads} --out {params.out_dir} > {log} 2>&1"

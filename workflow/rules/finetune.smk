@@ -36,7 +36,8 @@ else:
         input:
             model=f"{RESULTS}/models/{{model}}/pretrained.safetensors",
         output:
-            f"{RESULTS}/finetuned/{{model}}/{{task}}.safetensors",
+            encoder=f"{RESULTS}/finetuned/{{model}}/{{task}}.safetensors",
+            record=f"{RESULTS}/finetuned/{{model}}/{{task}}.json",
         params:
             source=as_json(FINETUNED),
             open_clip_name=config["model"].get("open_clip", {}).get("name", MODEL),
@@ -50,4 +51,4 @@ else:
             benchmark_path("fetch_finetuned", "{model}/{task}")
         shell:
             "mergeflow fetch-finetuned --source {params.source:q} --model {params.open_clip_name}"
-            " --task {wildcards.task} --pretrained {input.model} {params.cache} --out {output} > {log} 2>&1"
+            " --task {wildcards.task} --pretrained {input.model} {params.cache} --out {output.encoder} > {log} 2>&1"

@@ -1,0 +1,260 @@
+"""Download one task and store it in `mergeflow.data`'s layout without holding a split in memory.
+
+Steps: resolve both source splits (files and row counts, before any decoding) -> build the label maps -> allocate
+`{train,val,test}_images.npy` as memory maps at temporary names -> decode each image once, resize and crop, write it
+at its row -> rename the arrays into place -> write `classnames.json` last (the completion marker). A failure at any
+point leaves no `*.npy` or `classnames.json` behind that was not there before, and the marker is removed up front.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mergeflow.data import TaskClasses, save_classes, train_val_indices
+from mergeflow.image_tasks import hub
+from mergeflow.image_tasks.images import to_array_or_error
+from mergeflow.image_tasks.labels import LabelMap, build_label_map
+from mergeflow.image_tasks.readers import SplitReader, parquet_split, torchvision_split, webdataset_split
+from mergeflow.image_tasks.registry import ROLES, HubSource, ImageTask, get_task
+from mergeflow.io import InputError, atomic_path
+
+log = logging.getLogger("mergeflow.image_tasks")
+
+SOURCES = ("huggingface", "torchvision")
+
+
+# ------------------------------------------------------------------------------------------------ open splits
+
+
+def _split_patterns(source: HubSource, card: dict[str, Any], split: str) -> list[str]:
+    declared = hub.card_data_files(card, source.config, split)
+    return declared if declared else [source.data_files[split]]
+
+
+def open_hub_splits(
+    source: HubSource, *, revision: str, cache_dir: str | os.PathLike[str] | None
+) -> dict[str, SplitReader]:
+    """Resolve the train and test splits of a hub source to local files; nothing is decoded yet."""
+    cache = None if cache_dir is None else str(cache_dir)
+    extra = [source.names_file] if source.names_file else []
+    card_folder = hub.snapshot(source, ["README.md", *extra], revision=revision, cache_dir=cache)
+    card = hub.read_card(card_folder)
+    patterns = {role: _split_patterns(source, card, source.splits[role]) for role in ROLES}
+    # The snapshot folder is named by the commit `revision` resolved to: fetch the data files at that same commit.
+    commit = card_folder.name
+    log.info("%s: commit %s", hub.describe(source, revision), commit)
+    folder = hub.snapshot(source, [p for role in ROLES for p in patterns[role]], revision=commit, cache_dir=cache)
+    names_from_repo = hub.card_label_names(card, source.config, source.label_column)
+    names_from_repo = names_from_repo or hub.names_file_labels(folder, source.names_file)
+    readers = {}
+    for role in ROLES:
+        where = f"{hub.describe(source, revision)} split {source.splits[role]!r}"
+        files = hub.match_files(folder, patterns[role], source.file_format)
+        if not files:
+            raise InputError(f"{where}: no {source.file_format} files match {patterns[role]} in {folder}")
+        if source.file_format == "webdataset":
+            readers[role] = webdataset_split(files, source, where, names_from_repo or source.label_names)
+        else:
+            reader = parquet_split(files, source, where)
+            names = reader.label_names or names_from_repo or source.label_names
+            readers[role] = dataclasses.replace(reader, label_names=names)
+    return readers
+
+
+def open_splits(
+    task: ImageTask,
+    source: str,
+    *,
+    revision: str,
+    cache_dir: str | os.PathLike[str] | None,
+    root: str | os.PathLike[str] | None,
+) -> dict[str, SplitReader]:
+    if source == "huggingface":
+        return open_hub_splits(task.hub, revision=revision, cache_dir=cache_dir)
+    if source == "torchvision":
+        if task.torchvision is None:
+            raise InputError(f"task {task.name!r} has no torchvision source (its download is missing or dead)")
+        if root is None:
+            raise InputError("source='torchvision' needs root=<directory the torchvision dataset is downloaded to>")
+        return {role: torchvision_split(task.torchvision, role, root) for role in ROLES}
+    raise InputError(f"source={source!r}: expected one of {SOURCES}")
+
+
+def label_maps(task: ImageTask, source: str, readers: dict[str, SplitReader]) -> dict[str, LabelMap]:
+    unused = task.torchvision.unused_names if source == "torchvision" and task.torchvision else frozenset()
+    column = task.hub.label_column if source == "huggingface" else "target"
+    return {
+        role: build_label_map(
+            reader.label_names,
+            task.classnames,
+            where=f"{reader.where} column {column!r}",
+            aliases=task.aliases,
+            unused=unused,
+        )
+        for role, reader in readers.items()
+    }
+
+
+# --------------------------------------------------------------------------------------------------- writing
+
+
+class _SplitWriter:
+    """`<split>_images.npy` as a memory map at a temporary name (renamed when the ExitStack closes cleanly)."""
+
+    def __init__(self, stack: contextlib.ExitStack, directory: Path, split: str, rows: int, size: int) -> None:
+        images_tmp = stack.enter_context(atomic_path(directory / f"{split}_images.npy"))
+        self.labels_tmp = stack.enter_context(atomic_path(directory / f"{split}_labels.npy"))
+        self.images = np.lib.format.open_memmap(images_tmp, mode="w+", dtype=np.uint8, shape=(rows, size, size, 3))
+        self.labels = np.full(rows, -1, dtype=np.int64)
+
+    def finish(self) -> None:
+        self.images.flush()
+        del self.images
+        with open(self.labels_tmp, "wb") as handle:
+            np.save(handle, self.labels, allow_pickle=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Destination:
+    """Where each source row of a split goes: writers[route[row]] at position[row] (source order is kept)."""
+
+    writers: tuple[_SplitWriter, ...]
+    route: np.ndarray
+    position: np.ndarray
+
+    @classmethod
+    def train_val(cls, train: _SplitWriter, val: _SplitWriter, n_rows: int, val_seed: int) -> _Destination:
+        train_idx, val_idx = train_val_indices(n_rows, seed=val_seed)
+        route = np.zeros(n_rows, dtype=np.int8)
+        route[val_idx] = 1
+        position = np.empty(n_rows, dtype=np.int64)
+        position[train_idx] = np.arange(len(train_idx))
+        position[val_idx] = np.arange(len(val_idx))
+        return cls((train, val), route, position)
+
+    @classmethod
+    def whole(cls, writer: _SplitWriter, n_rows: int) -> _Destination:
+        return cls((writer,), np.zeros(n_rows, dtype=np.int8), np.arange(n_rows, dtype=np.int64))
+
+
+Mapper = Callable[[Callable[[Any], Any], Sequence[Any]], Iterable[Any]]
+
+
+def _fill(
+    reader: SplitReader, labels: LabelMap, to: _Destination, *, size: int, mapper: Mapper, batch_rows: int, bar: Any
+) -> None:
+    """Stream `reader` into its destination, decoding each image once (in `mapper`'s workers)."""
+    row = 0
+    for payloads, source_labels in reader.batches(batch_rows):
+        if row + len(payloads) > reader.num_rows:
+            raise InputError(f"{reader.where}: more rows than the {reader.num_rows} its metadata declares")
+        mapped = labels.apply(source_labels, row, reader.locate)
+        results = mapper(to_array_or_error, [(payload, size) for payload in payloads])
+        for k, result in enumerate(results):
+            if isinstance(result, str):
+                raise InputError(f"{reader.where}, {reader.locate(row + k)}: {result}")
+            writer, at = to.writers[to.route[row + k]], to.position[row + k]
+            writer.images[at] = result
+            writer.labels[at] = mapped[k]
+        row += len(payloads)
+        bar.update(len(payloads))
+    if row != reader.num_rows:
+        raise InputError(f"{reader.where}: read {row} rows but its metadata declares {reader.num_rows}")
+
+
+@contextlib.contextmanager
+def _mapper(workers: int) -> Any:
+    """Builtin map, or a spawned process pool for decoding (fork is unsafe next to pyarrow's and tqdm's threads)."""
+    if workers <= 1:
+        yield lambda fn, items: map(fn, items)
+        return
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield lambda fn, items: pool.map(fn, items, chunksize=max(1, len(items) // (4 * workers)))
+
+
+# ------------------------------------------------------------------------------------------------ entry point
+
+
+def prepare_image_task(
+    task: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    image_size: int,
+    cache_dir: str | os.PathLike[str] | None = None,
+    revision: str = "main",
+    emnist_split: str = "digits",
+    val_seed: int = 0,
+    progress: bool = True,
+    source: str = "huggingface",
+    root: str | os.PathLike[str] | None = None,
+    workers: int = 1,
+    batch_rows: int = 256,
+) -> dict[str, int]:
+    """Download `task` and store it as `mergeflow.data` expects; returns the number of examples per split.
+
+    source "huggingface": the registry's Hugging Face dataset repo at `revision`, through the hub cache at `cache_dir`
+    (HF_HUB_OFFLINE=1 resolves from the cache only). source "torchvision": `torchvision.datasets` with
+    `download=True` into `root`. Val is `train_val_indices(n_train, seed=val_seed)` of the source training split,
+    train the rest, both in source order. `workers` > 1 decodes in that many spawned processes (the calling
+    program's main module must be importable, as for any spawn pool); memory stays bounded by `batch_rows`
+    encoded images at a time.
+    """
+    spec = get_task(task, emnist_split=emnist_split)
+    if image_size < 1 or batch_rows < 1:
+        raise InputError(f"image_size={image_size}, batch_rows={batch_rows}: both must be positive")
+    readers = open_splits(spec, source, revision=revision, cache_dir=cache_dir, root=root)
+    for reader in readers.values():
+        if reader.num_rows == 0:
+            raise InputError(f"{reader.where}: the split has no rows")
+    maps = label_maps(spec, source, readers)
+    directory = Path(out_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "classnames.json").unlink(missing_ok=True)
+    counts = _write_splits(directory, spec.name, readers, maps, image_size, val_seed, workers, batch_rows, progress)
+    save_classes(directory, spec.name, TaskClasses(spec.classnames, spec.templates))
+    log.info("%s: wrote %s to %s", spec.name, counts, directory)
+    return counts
+
+
+def _write_splits(
+    directory: Path,
+    name: str,
+    readers: dict[str, SplitReader],
+    maps: dict[str, LabelMap],
+    size: int,
+    val_seed: int,
+    workers: int,
+    batch_rows: int,
+    progress: bool,
+) -> dict[str, int]:
+    """All three `*.npy` pairs, renamed into place only once every row has been written."""
+    from tqdm import tqdm
+
+    n_source, n_test = readers["train"].num_rows, readers["test"].num_rows
+    n_val = len(train_val_indices(n_source, seed=val_seed)[1])
+    counts = {"train": n_source - n_val, "val": n_val, "test": n_test}
+    log.info("%s: %d source training rows -> %s", name, n_source, counts)
+    with contextlib.ExitStack() as stack:
+        writers = {split: _SplitWriter(stack, directory, split, rows, size) for split, rows in counts.items()}
+        mapper = stack.enter_context(_mapper(workers))
+        plan = {
+            "train": _Destination.train_val(writers["train"], writers["val"], n_source, val_seed),
+            "test": _Destination.whole(writers["test"], n_test),
+        }
+        for role, destination in plan.items():
+            reader = readers[role]
+            bar = tqdm(total=reader.num_rows, desc=f"{name} {role}", unit="img", mininterval=5, disable=not progress)
+            with bar:
+                _fill(reader, maps[role], destination, size=size, mapper=mapper, batch_rows=batch_rows, bar=bar)
+        for writer in writers.values():
+            writer.finish()
+    return counts
