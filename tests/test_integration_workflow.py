@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -57,12 +60,20 @@ def deep_update(base: dict, changes: dict) -> dict:
 REDUCED_CONFIG = deep_update(yaml.safe_load((REPO / "config" / "config.yaml").read_text()), REDUCTIONS)
 
 
+# As on a 2-GPU workstation: two GPU jobs at a time, each leasing one of the devices "0" and "1" (this machine
+# has no GPU, so the jobs then run on the CPU, but the leases are real).
+GPU_DEVICES = ("0", "1")
+GPU_RULES = ("pretrain", "build_head", "finetune", "evaluate_reference", "decompose", "merge_eval")
+
+
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     command = [
         sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-        "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args,
+        "--configfile", str(workdir / "config.yaml"), "--cores", "2", "--resources", f"gpu={len(GPU_DEVICES)}", *args,
     ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+    env = {key: value for key, value in os.environ.items() if key != "SLURM_JOB_ID"}
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(GPU_DEVICES)
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +149,31 @@ def test_table_rows_match_the_evaluations(finished_run: Path) -> None:
     for task in TASKS:
         assert absolute.loc["CART", task] == pytest.approx(100 * best[task])
     assert absolute.loc["CART", "average"] == pytest.approx(100 * best.mean())
+
+
+def _lease_span(log: Path) -> tuple[str, datetime, datetime]:
+    """(leased device, when the lease was logged, the job's last log line): the device is held over this span."""
+    stamps = [
+        (datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f"), line)
+        for line in log.read_text().splitlines()
+        if (m := re.match(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", line))
+    ]
+    leases = [
+        (when, re.search(r"CUDA_VISIBLE_DEVICES=(\S+)", line).group(1)) for when, line in stamps if "gpu lease" in line
+    ]
+    assert len(leases) == 1, f"{log}: expected one gpu lease line"
+    return leases[0][1], leases[0][0], stamps[-1][0]
+
+
+def test_gpu_jobs_lease_distinct_devices(finished_run: Path) -> None:
+    spans = [_lease_span(log) for rule in GPU_RULES for log in (finished_run / "results/logs" / rule).rglob("*.log")]
+    assert len(spans) == 1 + 2 * len(TASKS) + 1 + 2 + len(REDUCED_CONFIG["methods"])
+    assert {device for device, _, _ in spans} == set(GPU_DEVICES)
+    for device in GPU_DEVICES:
+        held = sorted((start, end) for d, start, end in spans if d == device)
+        assert all(earlier[1] <= later[0] for earlier, later in zip(held, held[1:])), (device, held)
+    cpu_only = (finished_run / "results/logs/prepare_data").rglob("*.log")
+    assert not any("gpu lease" in log.read_text() for log in cpu_only)
 
 
 def test_rerun_has_nothing_to_do(finished_run: Path) -> None:

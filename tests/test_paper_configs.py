@@ -104,6 +104,17 @@ def test_the_largest_paper_dag_builds_with_every_real_source(tmp_path):
     assert "--emnist-split digits" in output
     assert "results/paper20/ViT-L-14/eval/cart@released.csv" in output
     assert "--method cart@released" in output
+    # GPU jobs (heads, SVD, evaluations) ask for one GPU each; downloads, data and tables for none.
+    requests = re.findall(r"^\s+resources: (.*)$", output, re.MULTILINE)
+    assert sum("gpu=1" in line for line in requests) == 20 + 2 + 1 + 12
+    assert all("mem_mb=" in line and "runtime=" in line for line in requests if "gpu=1" in line)
+
+
+def test_a_cpu_config_asks_for_no_gpu(tmp_path):
+    config = _load("vit-b-32-8.yaml")
+    config["device"] = "cpu"
+    output = _dry_run(tmp_path, config)
+    assert "gpu=1" not in output and "gpu=0" in output
 
 
 def test_a_configfile_replaces_the_default_config(tmp_path):

@@ -34,8 +34,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _setup(args: argparse.Namespace, seed: int | None = None) -> object:
+    from mergeflow.gpu_lease import lease_device_for_job
     from mergeflow.runtime import configure_threads, seed_everything, select_device
 
+    # Before CUDA starts: the lease decides which GPU this process sees.
+    lease = lease_device_for_job(args.device)
+    if lease is not None:
+        log.info("gpu lease: CUDA_VISIBLE_DEVICES=%s (lock %s)", lease.device, lease.path)
     configure_threads(args.threads)
     if seed is not None:
         seed_everything(seed)
@@ -419,6 +424,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_job_context() -> None:
+    """Where this job runs, in its log: the host and, under a scheduler, the SLURM job."""
+    import os
+    import socket
+
+    slurm_job = os.environ.get("SLURM_JOB_ID")
+    if slurm_job:
+        log.info("host %s, SLURM_JOB_ID=%s", socket.gethostname(), slurm_job)
+    else:
+        log.info("host %s", socket.gethostname())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -426,6 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    _log_job_context()
     try:
         return int(args.func(args))
     except InputError as err:

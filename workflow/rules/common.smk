@@ -3,6 +3,7 @@
 import json
 import os
 
+from mergeflow.job_resources import job_resources
 from mergeflow.merge_eval import factor_kind
 
 MODEL = config["model"]["name"]
@@ -55,6 +56,22 @@ def benchmark_path(rule_name, name):
 def as_json(value):
     """Parameters passed to `mergeflow` as JSON; also what Snakemake compares to decide on reruns."""
     return json.dumps(value, sort_keys=True)
+
+
+# A GPU job asks the scheduler for one GPU (`--resources gpu=N` on a workstation, a SLURM GPU on a cluster);
+# with `device: cpu` nothing asks for one.
+GPUS_PER_JOB = 0 if config.get("device", "auto") == "cpu" else 1
+SCALE_MODEL = config["model"].get("open_clip", {}).get("name", MODEL)
+
+
+def scaled(rule_name, key):
+    """A resource of `rule_name`'s jobs (mem_mb or runtime), from mergeflow.job_resources."""
+
+    def value(wildcards):
+        grid = config["methods"].get(wildcards.get("method"), {}) if rule_name == "merge_eval" else None
+        return job_resources(rule_name, SCALE_MODEL, len(TASKS), grid)[key]
+
+    return value
 
 
 def device_flag():

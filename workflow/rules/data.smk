@@ -10,6 +10,9 @@ rule prepare_data:
         options=data_source_flags(),
     # Real images are decoded in worker processes; the tiny generator is single-threaded.
     threads: 1 if config["data"]["source"] == "tiny" else 4
+    resources:
+        mem_mb=scaled("prepare_data", "mem_mb"),
+        runtime=scaled("prepare_data", "runtime"),
     conda:
         "../../envs/mergeflow.yaml"
     log:

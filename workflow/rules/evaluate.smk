@@ -10,6 +10,10 @@ rule evaluate_reference:
         batch_size=config["evaluation"]["batch_size"],
         device=device_flag(),
     threads: 1
+    resources:
+        gpu=GPUS_PER_JOB,
+        mem_mb=scaled("evaluate_reference", "mem_mb"),
+        runtime=scaled("evaluate_reference", "runtime"),
     conda:
         "../../envs/mergeflow.yaml"
     log:

@@ -13,6 +13,9 @@ if MODEL_SOURCE == "open_clip":
             image_size=image_size(),
             cache=hub_cache_flag(),
         threads: 1
+        resources:
+            mem_mb=scaled("fetch_pretrained", "mem_mb"),
+            runtime=scaled("fetch_pretrained", "runtime"),
         conda:
             "../../envs/mergeflow.yaml"
         log:
@@ -37,6 +40,10 @@ else:
             settings=config["pretrain"],
             device=device_flag(),
         threads: 2
+        resources:
+            gpu=GPUS_PER_JOB,
+            mem_mb=scaled("pretrain", "mem_mb"),
+            runtime=scaled("pretrain", "runtime"),
         conda:
             "../../envs/mergeflow.yaml"
         log:

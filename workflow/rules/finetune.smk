@@ -15,6 +15,10 @@ if FINETUNED["source"] == "finetune":
             micro_batch=config["finetune"].get("micro_batch_size", config["finetune"]["batch_size"]),
             device=device_flag(),
         threads: 1
+        resources:
+            gpu=GPUS_PER_JOB,
+            mem_mb=scaled("finetune", "mem_mb"),
+            runtime=scaled("finetune", "runtime"),
         conda:
             "../../envs/mergeflow.yaml"
         log:
@@ -43,6 +47,9 @@ else:
             open_clip_name=config["model"].get("open_clip", {}).get("name", MODEL),
             cache=hub_cache_flag(),
         threads: 1
+        resources:
+            mem_mb=scaled("fetch_finetuned", "mem_mb"),
+            runtime=scaled("fetch_finetuned", "runtime"),
         conda:
             "../../envs/mergeflow.yaml"
         log:

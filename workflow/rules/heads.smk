@@ -10,6 +10,10 @@ rule build_head:
         data_dir=lambda wildcards, input: os.path.dirname(input.classnames),
         device=device_flag(),
     threads: 1
+    resources:
+        gpu=GPUS_PER_JOB,
+        mem_mb=scaled("build_head", "mem_mb"),
+        runtime=scaled("build_head", "runtime"),
     conda:
         "../../envs/mergeflow.yaml"
     log:

@@ -8,6 +8,10 @@ rule decompose:
     params:
         device=device_flag(),
     threads: 1
+    resources:
+        gpu=GPUS_PER_JOB,
+        mem_mb=scaled("decompose", "mem_mb"),
+        runtime=scaled("decompose", "runtime"),
     conda:
         "../../envs/mergeflow.yaml"
     log:
@@ -34,6 +38,10 @@ rule merge_eval:
         batch_size=config["evaluation"]["batch_size"],
         device=device_flag(),
     threads: 1
+    resources:
+        gpu=GPUS_PER_JOB,
+        mem_mb=scaled("merge_eval", "mem_mb"),
+        runtime=scaled("merge_eval", "runtime"),
     conda:
         "../../envs/mergeflow.yaml"
     log:

@@ -21,6 +21,9 @@ rule aggregate:
         figures_dir=lambda wildcards, output: os.path.dirname(output.png),
         tasks=" ".join(TASKS),
         title=f"{BENCHMARK}, {MODEL}",
+    resources:
+        mem_mb=scaled("aggregate", "mem_mb"),
+        runtime=scaled("aggregate", "runtime"),
     conda:
         "../../envs/mergeflow.yaml"
     log:

@@ -1,0 +1,37 @@
+"""Scheduler requests grow with what a job holds and computes."""
+
+import pytest
+
+from mergeflow.job_resources import MIN_RUNTIME_MINUTES, grid_points, job_resources
+
+RULES = ["pretrain", "fetch_pretrained", "build_head", "prepare_data", "fetch_finetuned", "finetune",
+         "evaluate_reference", "decompose", "merge_eval", "aggregate"]  # fmt: skip
+CART_GRID = {"rank": [0.0, 0.04, 0.08, 0.16, 1.0], "lam": [1.0, 2.0, 3.0]}
+
+
+def test_grid_points_multiply_list_lengths():
+    assert grid_points(CART_GRID) == 15
+    assert grid_points({"k": 0.2, "lam": [0.5, 1.0]}) == 2
+    assert grid_points({}) == 1
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_larger_models_never_ask_for_less(rule):
+    small, large = (job_resources(rule, model, 8, CART_GRID) for model in ("ViT-B-32", "ViT-L-14"))
+    assert large["mem_mb"] >= small["mem_mb"] and large["runtime"] >= small["runtime"]
+    tiny = job_resources(rule, "tiny-clip", 8, CART_GRID)
+    assert tiny["runtime"] >= MIN_RUNTIME_MINUTES and tiny["mem_mb"] >= 2000
+
+
+def test_merge_eval_scales_with_tasks_and_grid():
+    eight, twenty = (job_resources("merge_eval", "ViT-B-32", n, CART_GRID) for n in (8, 20))
+    assert twenty["mem_mb"] > eight["mem_mb"] and twenty["runtime"] > eight["runtime"]
+    # 20 ViT-L/14 encoders, their task vectors and SVD factors: more than 3 × 20 × 1.2 GB
+    assert job_resources("merge_eval", "ViT-L-14", 20, CART_GRID)["mem_mb"] > 72_000
+    one_point = job_resources("merge_eval", "ViT-L-14", 20, {"lam": 1.0})["runtime"]
+    assert job_resources("merge_eval", "ViT-L-14", 20, CART_GRID)["runtime"] > one_point
+
+
+def test_unknown_rule_is_an_error():
+    with pytest.raises(ValueError, match="no resource estimate for rule 'nope'"):
+        job_resources("nope", "ViT-B-32", 8)
