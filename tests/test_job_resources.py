@@ -5,7 +5,8 @@ import pytest
 from mergeflow.job_resources import MIN_RUNTIME_MINUTES, grid_points, job_resources
 
 RULES = ["pretrain", "fetch_pretrained", "build_head", "prepare_data", "fetch_finetuned", "finetune",
-         "evaluate_reference", "decompose", "merge_eval", "aggregate"]  # fmt: skip
+         "evaluate_reference", "decompose", "merge_eval", "aggregate", "lambda_rank", "spectrum",
+         "scaling"]  # fmt: skip
 CART_GRID = {"rank": [0.0, 0.04, 0.08, 0.16, 1.0], "lam": [1.0, 2.0, 3.0]}
 
 

@@ -95,9 +95,11 @@ def test_the_largest_paper_dag_builds_with_every_real_source(tmp_path):
         "decompose": 2,
         "evaluate_reference": 1,
         "merge_eval": 12,
+        "lambda_rank": 1,
+        "spectrum": 1,
         "aggregate": 1,
         "all": 1,
-        "total": 78,
+        "total": 80,
     }
     assert "mergeflow fetch-pretrained --model ViT-L-14 --pretrained openai --image-size 224" in output
     assert "mergeflow prepare-data --source huggingface --task EMNIST --image-size 224" in output

@@ -1,4 +1,8 @@
-"""Report module: main table values, its renderings, the rank-sweep figure, validation and the CLI."""
+"""Report module: main table values, published numbers, its renderings, the rank-sweep figure, validation, the CLI.
+
+`write_synthetic_suite` (a small synthetic evaluation of four methods on three tasks) is shared with the
+figure tests.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,9 @@ from mergeflow.io import InputError
 from mergeflow.report import load_method_results, load_reference, main_table, plot_rank_sweep, write_main_table
 from mergeflow.report.cli import add_report_commands, main
 from mergeflow.report.figures import sweep_curves
+from mergeflow.report.published import (
+    PublishedNumber,
+)
 
 # An underscore in a task name exercises the LaTeX escaping.
 TASKS = ["SUN397", "Cars", "Euro_SAT"]
@@ -103,10 +110,9 @@ def _write_reference(directory: Path) -> Path:
     return _write_csv(directory / "reference.csv", rows)
 
 
-@pytest.fixture
-def inputs(tmp_path: Path) -> dict[str, Path]:
-    directory = tmp_path / "eval"
-    directory.mkdir()
+def write_synthetic_suite(directory: Path) -> dict[str, Path]:
+    """reference.csv and weight_averaging, task_arithmetic, cart (rank x lam grid), lowrank_ta CSVs in `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
     return {
         "reference": _write_reference(directory),
         "weight_averaging": _write_csv(directory / "weight_averaging.csv", _weight_averaging()),
@@ -116,13 +122,19 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
     }
 
 
-def _method_paths(inputs: dict[str, Path]) -> list[Path]:
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, Path]:
+    return write_synthetic_suite(tmp_path / "eval")
+
+
+def method_paths(inputs: dict[str, Path]) -> list[Path]:
+    """The method CSVs of `write_synthetic_suite`, in table row order."""
     return [inputs[name] for name in ("weight_averaging", "task_arithmetic", "cart", "lowrank_ta")]
 
 
 @pytest.fixture
 def table(inputs: dict[str, Path]) -> pd.DataFrame:
-    return main_table(load_reference(inputs["reference"]), load_method_results(_method_paths(inputs)), TASKS)
+    return main_table(load_reference(inputs["reference"]), load_method_results(method_paths(inputs)), TASKS)
 
 
 def _row(table: pd.DataFrame, metric: str, method: str) -> pd.Series:
@@ -131,8 +143,17 @@ def _row(table: pd.DataFrame, metric: str, method: str) -> pd.Series:
     return rows.iloc[0]
 
 
+TRAILING = ["average", "published", "difference", "published_source"]
+# Published numbers handed to main_table directly: the 3-task synthetic suite is no paper suite.
+PUBLISHED = {
+    "individual": PublishedNumber(90.0, "source A"),
+    "cart": PublishedNumber(80.25, "source B"),
+    "task_arithmetic": PublishedNumber(75.0, "source A"),
+}
+
+
 def test_main_table_rows_columns_and_settings(table: pd.DataFrame) -> None:
-    assert list(table.columns) == ["metric", "method", "setting", *TASKS, "average"]
+    assert list(table.columns) == ["metric", "method", "setting", *TASKS, *TRAILING]
     expected_methods = ["zero-shot", "individual", "weight averaging", "task arithmetic", "CART", "low-rank TA"]
     for metric in ("accuracy", "normalized_accuracy"):
         assert list(table.loc[table["metric"] == metric, "method"]) == expected_methods
@@ -166,25 +187,56 @@ def test_inconsistent_normalized_accuracy_names_file(inputs: dict[str, Path]) ->
     frame = pd.read_csv(inputs["task_arithmetic"])
     frame.loc[frame["split"] == "test", "normalized_accuracy"] = 0.5
     frame.to_csv(inputs["task_arithmetic"], index=False)
-    reference, results = load_reference(inputs["reference"]), load_method_results(_method_paths(inputs))
+    reference, results = load_reference(inputs["reference"]), load_method_results(method_paths(inputs))
     with pytest.raises(InputError, match=r"task_arithmetic\.csv.*normalized_accuracy"):
         main_table(reference, results, TASKS)
 
 
-def _markdown_numbers(text: str, heading: str) -> list[list[str]]:
+def test_published_column_and_difference(inputs: dict[str, Path]) -> None:
+    reference, results = load_reference(inputs["reference"]), load_method_results(method_paths(inputs))
+    table = main_table(reference, results, TASKS, PUBLISHED)
+    cart = _row(table, "accuracy", "CART")
+    assert cart["published"] == 80.25
+    assert cart["difference"] == pytest.approx((79.0 + 73.0 + 92.0) / 3 - 80.25)
+    assert cart["published_source"] == "source B"
+    individual = _row(table, "accuracy", "individual")
+    assert individual["difference"] == pytest.approx((80.0 + 90.0 + 99.0) / 3 - 90.0)
+    for method in ("zero-shot", "weight averaging", "low-rank TA"):
+        row = _row(table, "accuracy", method)
+        assert pd.isna(row["published"]) and pd.isna(row["difference"]) and row["published_source"] == ""
+    normalized = table[table["metric"] == "normalized_accuracy"]
+    assert normalized["published"].isna().all() and normalized["difference"].isna().all()
+
+
+def _markdown_numbers(text: str, heading: str, width: int) -> list[list[str]]:
     section = text.split(f"## {heading}")[1].split("## ")[0]
     rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("|")][2:]
-    return [[cell.strip() for cell in row[1 : 1 + len(TASKS) + 1]] for row in rows]
+    return [[cell.strip() for cell in row[1 : 1 + width]] for row in rows]
 
 
-def _latex_numbers(text: str, heading: str) -> list[list[str]]:
+def _latex_numbers(text: str, heading: str, width: int) -> list[list[str]]:
     section = text.split(f"% {heading}")[1].split(r"\end{tabular}")[0]
     body = section.split(r"\midrule", 1)[1].split(r"\bottomrule")[0]
     rows = [line.removesuffix(r"\\").split("&") for line in body.splitlines() if line.endswith(r"\\")]
-    return [[cell.strip() for cell in row[1 : 1 + len(TASKS) + 1]] for row in rows]
+    return [[cell.strip() for cell in row[1 : 1 + width]] for row in rows]
 
 
-def test_markdown_and_latex_numbers_are_csv_rounded(table: pd.DataFrame, tmp_path: Path) -> None:
+def _expected_cells(csv: pd.DataFrame, metric: str) -> list[list[str]]:
+    """Each printed number from its CSV value: one decimal, the difference signed, empty where the CSV is."""
+    rows = csv[csv["metric"] == metric]
+    cells = [[f"{value:.1f}" for value in row] for row in rows[[*TASKS, "average"]].to_numpy()]
+    if metric == "accuracy":
+        for line, (published, difference) in zip(cells, rows[["published", "difference"]].to_numpy(), strict=True):
+            line += [
+                "" if pd.isna(published) else f"{published:.1f}",
+                "" if pd.isna(difference) else f"{difference:+.1f}",
+            ]
+    return cells
+
+
+def test_markdown_and_latex_numbers_are_csv_rounded(inputs: dict[str, Path], tmp_path: Path) -> None:
+    reference, results = load_reference(inputs["reference"]), load_method_results(method_paths(inputs))
+    table = main_table(reference, results, TASKS, PUBLISHED)
     written = write_main_table(table, tmp_path / "tables", title="ViT-B-32, 3 tasks")
     assert [path.name for path in written] == ["main.csv", "main.md", "main.tex"]
     csv = pd.read_csv(written[0])
@@ -194,13 +246,23 @@ def test_markdown_and_latex_numbers_are_csv_rounded(table: pd.DataFrame, tmp_pat
         ("accuracy", "Absolute accuracy (%), test split"),
         ("normalized_accuracy", "Normalized accuracy (%), test split"),
     ):
-        expected = csv.loc[csv["metric"] == metric, [*TASKS, "average"]].to_numpy()
-        for rendered in (_markdown_numbers(markdown, heading), _latex_numbers(latex, heading)):
-            assert len(rendered) == len(expected)
-            for cells, values in zip(rendered, expected, strict=True):
-                assert cells == [f"{value:.1f}" for value in values]
-                assert [float(cell) for cell in cells] == pytest.approx(values, abs=0.05 + 1e-9)
+        expected = _expected_cells(csv, metric)
+        width = len(expected[0])
+        assert width == len(TASKS) + (3 if metric == "accuracy" else 1)
+        for rendered in (_markdown_numbers(markdown, heading, width), _latex_numbers(latex, heading, width)):
+            assert rendered == expected
+    # The published cells are really filled: CART's published 80.25 prints as 80.2, its difference signed.
+    cart = next(line for line in markdown.splitlines() if line.startswith("| CART "))
+    assert "| 81.3 | 80.2 | +1.1 |" in cart
+    assert "source A; source B" in markdown and "source A; source B" in latex
     assert sorted(path.name for path in (tmp_path / "tables").iterdir()) == ["main.csv", "main.md", "main.tex"]
+
+
+def test_table_without_published_numbers_says_so(table: pd.DataFrame, tmp_path: Path) -> None:
+    markdown = write_main_table(table, tmp_path)[1].read_text()
+    assert "No published numbers for this model and task list." in markdown
+    cart = next(line for line in markdown.splitlines() if line.startswith("| CART "))
+    assert cart.endswith("| 81.3 |  |  | lam=1.5, rank=0.08 |")
 
 
 def test_csv_keeps_full_precision(table: pd.DataFrame, tmp_path: Path) -> None:
@@ -209,7 +271,7 @@ def test_csv_keeps_full_precision(table: pd.DataFrame, tmp_path: Path) -> None:
 
 
 def test_sweep_curves_use_each_ranks_own_best_setting(inputs: dict[str, Path]) -> None:
-    curves = {curve.method: curve for curve in sweep_curves(load_method_results(_method_paths(inputs)), TASKS)}
+    curves = {curve.method: curve for curve in sweep_curves(load_method_results(method_paths(inputs)), TASKS)}
     assert curves["cart"].ranks == tuple(SWEEP_RANKS)
     base = (64 + 58 + 77) / 3
     assert curves["cart"].average_accuracy == pytest.approx([base, base + 0.2, base + 15, base + 5])
@@ -217,7 +279,7 @@ def test_sweep_curves_use_each_ranks_own_best_setting(inputs: dict[str, Path]) -
 
 
 def test_rank_sweep_figure_is_valid_and_byte_identical(inputs: dict[str, Path], tmp_path: Path) -> None:
-    reference, results = load_reference(inputs["reference"]), load_method_results(_method_paths(inputs))
+    reference, results = load_reference(inputs["reference"]), load_method_results(method_paths(inputs))
     first = plot_rank_sweep(reference, results, tmp_path / "a" / "rank_sweep", title="ViT-B-32, 3 tasks")
     second = plot_rank_sweep(reference, results, tmp_path / "b" / "rank_sweep", title="ViT-B-32, 3 tasks")
     assert [path.name for path in first] == ["rank_sweep.png", "rank_sweep.pdf"]
@@ -293,7 +355,7 @@ def _not_a_boolean(frame: pd.DataFrame) -> pd.DataFrame:
 def test_method_file_validation_names_file_and_expectation(inputs: dict[str, Path], corrupt, message: str) -> None:
     corrupt(pd.read_csv(inputs["cart"])).to_csv(inputs["cart"], index=False)
     with pytest.raises(InputError, match=message):
-        load_method_results(_method_paths(inputs))
+        load_method_results(method_paths(inputs))
 
 
 def test_task_absent_from_a_file_names_file_and_task(inputs: dict[str, Path]) -> None:
@@ -314,7 +376,7 @@ def test_reference_validation(inputs: dict[str, Path]) -> None:
     frame[frame["task"] != "Cars"].to_csv(inputs["reference"], index=False)
     reference = load_reference(inputs["reference"])
     with pytest.raises(InputError, match=r"reference\.csv: no test row for task\(s\) Cars"):
-        main_table(reference, load_method_results(_method_paths(inputs)), TASKS)
+        main_table(reference, load_method_results(method_paths(inputs)), TASKS)
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
@@ -326,7 +388,7 @@ def _aggregate_argv(inputs: dict[str, Path], out: Path) -> list[str]:
     return [
         "aggregate",
         "--reference", str(inputs["reference"]),
-        "--results", *map(str, _method_paths(inputs)),
+        "--results", *map(str, method_paths(inputs)),
         "--tasks", *TASKS,
         "--tables-dir", str(out / "tables"),
         "--figures-dir", str(out / "figures"),
@@ -340,11 +402,13 @@ def test_cli_aggregate_end_to_end(inputs: dict[str, Path], tmp_path: Path, capsy
     args = parser.parse_args(_aggregate_argv(inputs, tmp_path))
     assert args.func(args) == 0
     assert sorted(path.name for path in (tmp_path / "tables").iterdir()) == ["main.csv", "main.md", "main.tex"]
-    assert sorted(path.name for path in (tmp_path / "figures").iterdir()) == ["rank_sweep.pdf", "rank_sweep.png"]
+    figures = sorted(path.name for path in (tmp_path / "figures").iterdir())
+    assert figures == ["per_task.pdf", "per_task.png", "rank_sweep.pdf", "rank_sweep.png"]
     printed = capsys.readouterr().out
     cart_line = next(line for line in printed.splitlines() if line.startswith("| CART "))
-    assert re.search(r"\| 79\.0 \| 73\.0 \| 92\.0 \| 81\.3 \| lam=1\.5, rank=0\.08 \|$", cart_line)
+    assert re.search(r"\| 79\.0 \| 73\.0 \| 92\.0 \| 81\.3 \|  \|  \| lam=1\.5, rank=0\.08 \|$", cart_line)
     assert "normalized" not in printed.lower()
+    assert "published: none for this model and task list" in printed
 
 
 def test_cli_bad_input_reports_error_and_writes_nothing(

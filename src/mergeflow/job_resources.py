@@ -70,6 +70,11 @@ def job_resources(rule: str, model: str, num_tasks: int, grid: Mapping[str, Any]
         evaluate_minutes = tasks * TASK_EVAL_MINUTES * scale.compute
         # every setting on val, then test at the selected settings (at most one per rank)
         return _request(BASE_MB + 3 * tasks * encoders, (points + 10) * (merge_minutes + 3 * evaluate_minutes))
-    if rule == "aggregate":
+    if rule in ("aggregate", "lambda_rank", "scaling"):
         return _request(2000, 10)
+    if rule == "spectrum":
+        # One matrix's T leading right singular subspaces at a time; every task pair's cross-Gram matrix
+        # (about a second per pair for a ViT-B/32 on one core, ~5 s for a ViT-L/14).
+        pairs = tasks * (tasks - 1) / 2
+        return _request(2000 + tasks * encoders / 10, 5 + pairs * 0.05 * encoders / 350)
     raise ValueError(f"no resource estimate for rule {rule!r}")

@@ -126,10 +126,14 @@ def factor_inputs(wildcards):
 
 
 def final_outputs():
-    return [
-        f"{SUITE}/tables/main.csv",
-        f"{SUITE}/tables/main.md",
-        f"{SUITE}/tables/main.tex",
-        f"{SUITE}/figures/rank_sweep.png",
-        f"{SUITE}/figures/rank_sweep.pdf",
-    ]
+    outputs = [f"{SUITE}/tables/main.{ext}" for ext in ("csv", "md", "tex")]
+    outputs += [f"{SUITE}/figures/{stem}.{ext}" for stem in ("rank_sweep", "per_task") for ext in ("png", "pdf")]
+    if "cart" in METHODS:
+        outputs += [f"{SUITE}/figures/cart_lambda_rank.{ext}" for ext in ("png", "pdf")]
+    # The spectra need both kinds of SVD factors; they are only asked for when the methods compute both anyway
+    # (cart: centered; lowrank_ta, tsv_m: original), as decomposing a ViT-L/14 just for a figure is costly.
+    if {factor_kind(method) for method in METHODS} >= {"centered", "original"}:
+        outputs.append(f"{SUITE}/tables/spectrum.csv")
+        stems = ("spectrum_energy", "spectrum_error_interference")
+        outputs += [f"{SUITE}/figures/{stem}.{ext}" for stem in stems for ext in ("png", "pdf")]
+    return outputs

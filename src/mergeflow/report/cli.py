@@ -1,4 +1,10 @@
-"""`mergeflow aggregate`: main table and rank-sweep figure from the per-method evaluation CSVs."""
+"""Report verbs: tables and figures from the evaluation CSVs, the SVD factors and the suites' tables.
+
+- `mergeflow aggregate`: main table (csv, md, tex) with the published column, rank-sweep and per-task figures;
+- `mergeflow lambda-rank`: λ × rank heatmap of a rank-sweep method's validation accuracy;
+- `mergeflow spectrum`: energy, reconstruction error and interference of centered vs original task vectors;
+- `mergeflow scaling`: average accuracy against the number of tasks, from several suites' main tables.
+"""
 
 from __future__ import annotations
 
@@ -10,36 +16,144 @@ from pathlib import Path
 from mergeflow.io import InputError
 
 RANK_SWEEP_STEM = "rank_sweep"
+PER_TASK_STEM = "per_task"
+SPECTRUM_ENERGY_STEM = "spectrum_energy"
+SPECTRUM_ERROR_STEM = "spectrum_error_interference"
+SCALING_STEM = "task_count_scaling"
+
+
+def lambda_rank_stem(method: str) -> str:
+    return f"{method}_lambda_rank"
 
 
 def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "aggregate",
-        help="write the main table (csv, md, tex) and the rank-sweep figure (png, pdf)",
-        description="Build the main results table and the rank-sweep figure from evaluation CSVs.",
+        help="write the main table (csv, md, tex) and the rank-sweep and per-task figures (png, pdf)",
+        description="Build the main results table, with published averages where they apply, the rank-sweep "
+        "figure and the per-task accuracy bars from evaluation CSVs.",
     )
     parser.add_argument("--reference", required=True, type=Path, help="reference.csv (zero-shot and individual)")
     parser.add_argument("--results", required=True, nargs="+", type=Path, help="one CSV per method, in table row order")
     parser.add_argument("--tasks", required=True, nargs="+", help="task names, in table column order")
     parser.add_argument("--tables-dir", required=True, type=Path, help="where main.{csv,md,tex} go")
-    parser.add_argument("--figures-dir", required=True, type=Path, help="where rank_sweep.{png,pdf} go")
-    parser.add_argument("--title", default=None, help="context shown in the table headings and figure title")
+    parser.add_argument(
+        "--figures-dir", required=True, type=Path, help="where rank_sweep.{png,pdf} and per_task.{png,pdf} go"
+    )
+    parser.add_argument("--title", default=None, help="context shown in the table headings and figure titles")
+    parser.add_argument(
+        "--published",
+        type=Path,
+        default=None,
+        help="published averages (CSV: model, num_tasks, method, average_accuracy, source); default: mergeflow's own",
+    )
+    parser.add_argument(
+        "--published-model",
+        default=None,
+        help="the open_clip model (OpenAI weights) whose published numbers apply, e.g. ViT-B-32; none without it",
+    )
     parser.set_defaults(func=run_aggregate)
+
+    parser = subparsers.add_parser(
+        "lambda-rank",
+        help="write the λ × rank heatmap of a rank-sweep method's average val accuracy (png, pdf)",
+        description="Heatmap of the average validation accuracy of every (rank ratio, λ) setting of one method.",
+    )
+    parser.add_argument("--results", required=True, type=Path, help="the method's evaluation CSV (e.g. cart.csv)")
+    parser.add_argument("--tasks", required=True, nargs="+", help="task names to average over")
+    parser.add_argument("--figures-dir", required=True, type=Path, help="where <method>_lambda_rank.{png,pdf} go")
+    parser.add_argument("--title", default=None, help="context shown in the figure title")
+    parser.set_defaults(func=run_lambda_rank)
+
+    parser = subparsers.add_parser(
+        "spectrum",
+        help="write the spectrum analysis of centered vs original task vectors (csv; png, pdf)",
+        description="Cumulative spectral energy per layer type, reconstruction error R(k) and row-space "
+        "interference I(k) of the attention and MLP matrices, from the decompose rule's SVD factors.",
+    )
+    parser.add_argument("--centered", required=True, type=Path, help="task factors of θ_t − θ_avg (decompose)")
+    parser.add_argument("--original", required=True, type=Path, help="task factors of θ_t − θ_0 (decompose)")
+    parser.add_argument("--table", required=True, type=Path, help="where the curves go as CSV")
+    parser.add_argument("--figures-dir", required=True, type=Path, help="where spectrum_*.{png,pdf} go")
+    parser.add_argument("--title", default=None, help="context shown in the figure titles")
+    parser.set_defaults(func=run_spectrum)
+
+    parser = subparsers.add_parser(
+        "scaling",
+        help="write average accuracy against the number of tasks (csv, md, tex; png, pdf)",
+        description="Compare one model's suites (8, 14, 20 tasks): our and the published average per method.",
+    )
+    parser.add_argument(
+        # Zero or one table is an error that says what is missing, not an argparse usage message.
+        "--tables",
+        required=True,
+        nargs="*",
+        type=Path,
+        help="the suites' results/<suite>/<model>/tables/main.csv",
+    )
+    parser.add_argument("--out-dir", required=True, type=Path, help="where task_count_scaling.* go")
+    parser.add_argument("--title", default=None, help="context shown in the table heading and figure title")
+    parser.set_defaults(func=run_scaling)
 
 
 def run_aggregate(args: argparse.Namespace) -> int:
     # Imported here: pandas and matplotlib would slow every other `mergeflow` verb's start-up.
     from mergeflow.report.figures import plot_rank_sweep
+    from mergeflow.report.per_task import plot_per_task
+    from mergeflow.report.published import load_published, packaged_published_path, published_averages
     from mergeflow.report.results import load_method_results, load_reference
-    from mergeflow.report.tables import main_table, markdown_table, write_main_table
+    from mergeflow.report.tables import main_table, markdown_table, published_sources, write_main_table
 
     reference = load_reference(args.reference)
     results = load_method_results(args.results, tasks=args.tasks)
-    # The table and the figure each check their inputs before writing, so bad input writes nothing.
-    table = main_table(reference, results, args.tasks)
+    published = load_published(args.published or packaged_published_path())
+    # Every input is checked before anything is written, so bad input writes nothing.
+    table = main_table(reference, results, args.tasks, published_averages(published, args.published_model, args.tasks))
     plot_rank_sweep(reference, results, args.figures_dir / RANK_SWEEP_STEM, tasks=args.tasks, title=args.title)
+    plot_per_task(table, args.figures_dir / PER_TASK_STEM, title=args.title)
     write_main_table(table, args.tables_dir, title=args.title)
     print(markdown_table(table, "accuracy"), end="")
+    sources = published_sources(table)
+    print(f"published: {'; '.join(sources)}" if sources else "published: none for this model and task list")
+    return 0
+
+
+def run_lambda_rank(args: argparse.Namespace) -> int:
+    from mergeflow.report.heatmap import lambda_rank_grid, plot_lambda_rank_heatmap
+    from mergeflow.report.results import load_method_results
+
+    results = load_method_results([args.results], tasks=args.tasks)
+    method = str(results["method"].iloc[0])
+    grid = lambda_rank_grid(results, method, args.tasks)
+    plot_lambda_rank_heatmap(grid, args.figures_dir / lambda_rank_stem(method), title=args.title)
+    print(f"{method}: val-selected rank {grid.selected[0]:g}, lam {grid.selected[1]:g}")
+    return 0
+
+
+def run_spectrum(args: argparse.Namespace) -> int:
+    from mergeflow.io import atomic_path
+    from mergeflow.report.spectrum import read_matrix_spectra, spectrum_curves
+    from mergeflow.report.spectrum_figures import plot_spectrum_energy, plot_spectrum_error_interference
+
+    paths = {"centered": args.centered, "original": args.original}
+    spectra = {kind: read_matrix_spectra(path, kind) for kind, path in paths.items()}
+    curves = spectrum_curves(spectra)
+    plot_spectrum_energy(curves, args.figures_dir / SPECTRUM_ENERGY_STEM, title=args.title)
+    plot_spectrum_error_interference(curves, args.figures_dir / SPECTRUM_ERROR_STEM, title=args.title)
+    with atomic_path(args.table) as tmp:
+        curves.to_csv(tmp, index=False, lineterminator="\n")
+    for kind, matrices in spectra.items():
+        print(f"{kind}: {len(matrices)} attention and MLP matrices of rank {matrices[0].rank} from {paths[kind]}")
+    return 0
+
+
+def run_scaling(args: argparse.Namespace) -> int:
+    from mergeflow.report.scaling import plot_scaling, scaling_markdown, scaling_table, write_scaling_table
+
+    scaling = scaling_table(args.tables)
+    plot_scaling(scaling, args.out_dir / SCALING_STEM, title=args.title)
+    write_scaling_table(scaling, args.out_dir, title=args.title)
+    print(scaling_markdown(scaling), end="")
     return 0
 
 

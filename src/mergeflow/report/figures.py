@@ -1,8 +1,6 @@
 """The rank-sweep figure: average test accuracy against the rank ratio ρ.
 
-Drawn with the object-oriented `Figure` API (no pyplot, so no global backend or
-figure state): saving a PNG goes through Agg, a PDF through the PDF backend.
-Creation dates and the software stamp are left out so the same inputs give the same bytes.
+Drawn in the report style (`mergeflow.report.style`): same inputs, same bytes.
 """
 
 from __future__ import annotations
@@ -11,14 +9,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-import matplotlib.style
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
-from mergeflow.io import InputError, atomic_path
+from mergeflow.io import InputError
 from mergeflow.report.results import PathLike, source_of
+from mergeflow.report.style import GREY, KIND_STYLES, OKABE_ITO, figure_style, heading, save_figure
 
 SWEEP_METHOD_LABELS = {
     "cart": "centered task vectors (CART)",
@@ -28,32 +25,15 @@ SWEEP_METHOD_LABELS = {
 SYMLOG_LINEAR_THRESHOLD = 0.02
 # Width of that linear part in decades: enough to separate 0 from 0.02 without wasting the axis.
 SYMLOG_LINEAR_SCALE = 0.4
-PNG_DPI = 200
 
-# Okabe-Ito colours (safe for the common colour-vision deficiencies); each line also has
-# its own marker or dash pattern so the figure still reads in grayscale.
-_SWEEP_STYLES = {
-    "cart": {"color": "#0072B2", "linestyle": "-", "marker": "o"},
-    "lowrank_ta": {"color": "#D55E00", "linestyle": (0, (5, 2)), "marker": "s"},
-}
+# Each line has its own colour and dash pattern (or marker), so the figure also reads in grayscale.
+_SWEEP_STYLES = {"cart": KIND_STYLES["centered"], "lowrank_ta": KIND_STYLES["original"]}
 _REFERENCE_STYLES = {
-    "individual": {"color": "#000000", "linestyle": "-", "linewidth": 0.9},
-    "task arithmetic": {"color": "#CC79A7", "linestyle": (0, (9, 3)), "linewidth": 1.2},
-    "weight averaging": {"color": "#009E73", "linestyle": (0, (4, 1.5, 1, 1.5)), "linewidth": 1.2},
-    "zero-shot": {"color": "#666666", "linestyle": (0, (1, 2)), "linewidth": 1.2},
+    "individual": {"color": OKABE_ITO["black"], "linestyle": "-", "linewidth": 0.9},
+    "task arithmetic": {"color": OKABE_ITO["reddish_purple"], "linestyle": (0, (9, 3)), "linewidth": 1.2},
+    "weight averaging": {"color": OKABE_ITO["bluish_green"], "linestyle": (0, (4, 1.5, 1, 1.5)), "linewidth": 1.2},
+    "zero-shot": {"color": GREY, "linestyle": (0, (1, 2)), "linewidth": 1.2},
 }
-_RC = {
-    "font.size": 9,
-    "axes.titlesize": 10,
-    "axes.labelsize": 9,
-    "legend.fontsize": 8,
-    "xtick.labelsize": 8,
-    "ytick.labelsize": 8,
-    # Embedded TrueType keeps the PDF text editable and searchable.
-    "pdf.fonttype": 42,
-}
-_PNG_METADATA = {"Software": None}
-_PDF_METADATA = {"CreationDate": None, "ModDate": None}
 
 
 @dataclass(frozen=True)
@@ -84,16 +64,8 @@ def plot_rank_sweep(
     task_list = list(tasks) if tasks is not None else _test_tasks(reference)
     curves = sweep_curves(results, task_list)
     lines = reference_lines(reference, results, task_list)
-    stem = Path(out_stem)
-    outputs = [stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.pdf"]
-    # Start from matplotlib's defaults so a user's matplotlibrc cannot change the output.
-    with matplotlib.style.context("default"), matplotlib.rc_context(_RC):
-        figure = _draw(curves, lines, title)
-        with atomic_path(outputs[0]) as tmp:
-            figure.savefig(tmp, format="png", dpi=PNG_DPI, metadata=_PNG_METADATA)
-        with atomic_path(outputs[1]) as tmp:
-            figure.savefig(tmp, format="pdf", metadata=_PDF_METADATA)
-    return outputs
+    with figure_style():
+        return save_figure(_draw(curves, lines, title), out_stem)
 
 
 def sweep_curves(results: pd.DataFrame, tasks: Sequence[str]) -> list[SweepCurve]:
@@ -197,9 +169,7 @@ def _draw(curves: Sequence[SweepCurve], lines: Sequence[ReferenceLine], title: s
     axes.set_xticks(ranks, [f"{rank:g}" for rank in ranks])
     axes.set_xlabel(f"rank ratio ρ = k / min(m, n)  (symlog scale, linear below {SYMLOG_LINEAR_THRESHOLD:g})")
     axes.set_ylabel("average test accuracy (%)")
-    heading = "Low-rank merging: average test accuracy vs. rank ratio"
-    axes.set_title(f"{heading}\n{title}" if title else heading)
-    axes.grid(True, linewidth=0.4, alpha=0.5)
+    axes.set_title(heading("Low-rank merging: average test accuracy vs. rank ratio", title))
     # Outside the axes so it can never hide data.
     figure.legend(handles=[*curve_handles, *line_handles], loc="outside lower center", ncols=2, frameon=False)
     return figure

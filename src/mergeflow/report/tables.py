@@ -2,19 +2,21 @@
 
 `main_table` builds a tidy frame in percent at full precision; the Markdown and
 LaTeX renderings format exactly those numbers to one decimal, so every printed
-number is the CSV value rounded.
+number is the CSV value rounded. Absolute-accuracy rows carry the published
+average (`mergeflow.report.published`) and our difference from it, where one applies.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from mergeflow.io import InputError, atomic_path, write_text
+from mergeflow.report.published import PublishedNumber, published_for
 from mergeflow.report.results import PathLike, source_of
 
 METHOD_DISPLAY_NAMES = {
@@ -42,7 +44,14 @@ METRIC_TITLES = {
 }
 LEADING_COLUMNS = ("metric", "method", "setting")
 AVERAGE_COLUMN = "average"
+PUBLISHED_COLUMN = "published"
+DIFFERENCE_COLUMN = "difference"
+PUBLISHED_SOURCE_COLUMN = "published_source"
+# Columns after the task columns: ours, the published average, ours minus published, and where it is from.
+TRAILING_COLUMNS = (AVERAGE_COLUMN, PUBLISHED_COLUMN, DIFFERENCE_COLUMN, PUBLISHED_SOURCE_COLUMN)
 SETTING_HEADER = "hyper-parameters"
+# Reference rows are matched to published numbers under these method names.
+REFERENCE_METHODS = {"zero-shot": "zeroshot", "individual": "individual"}
 # The file's normalized accuracy must agree with accuracy / individual up to float noise;
 # a larger gap means the method was normalized against a different reference run.
 _NORMALIZATION_TOLERANCE = 1e-6
@@ -69,29 +78,39 @@ def display_name(method: str) -> str:
     return f"{shown} ({variant})" if variant else shown
 
 
-def main_table(reference: pd.DataFrame, results: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
+def main_table(
+    reference: pd.DataFrame,
+    results: pd.DataFrame,
+    tasks: Sequence[str],
+    published: Mapping[str, PublishedNumber] | None = None,
+) -> pd.DataFrame:
     """Test-split accuracy of the zero-shot model, the individual models and every method's best setting.
 
     Columns: metric ("accuracy" | "normalized_accuracy"), method (display name),
     setting (the method's chosen hyper-parameters as JSON, empty for the reference
-    rows), one column per task in the given order, and `average` (mean over tasks),
-    all in percent. Methods appear in the order of their first row in `results`.
+    rows), one column per task in the given order, `average` (mean over tasks),
+    all in percent; then, on absolute-accuracy rows with a published number
+    (`published`: method name → number, see `mergeflow.report.published`),
+    `published`, `difference` (average − published) and `published_source`,
+    empty elsewhere. Methods appear in the order of their first row in `results`.
     """
     task_list = _checked_tasks(tasks)
+    numbers = published or {}
     zeroshot, individual = _reference_test_accuracies(reference, task_list)
     accuracy_rows = [
-        _table_row("accuracy", ZERO_SHOT_ROW, "", zeroshot),
-        _table_row("accuracy", INDIVIDUAL_ROW, "", individual),
+        _table_row("accuracy", row, "", accuracy, published_for(REFERENCE_METHODS[row], numbers))
+        for row, accuracy in ((ZERO_SHOT_ROW, zeroshot), (INDIVIDUAL_ROW, individual))
     ]
     normalized_rows = [
-        _table_row("normalized_accuracy", ZERO_SHOT_ROW, "", zeroshot / individual),
-        _table_row("normalized_accuracy", INDIVIDUAL_ROW, "", individual / individual),
+        _table_row("normalized_accuracy", ZERO_SHOT_ROW, "", zeroshot / individual, None),
+        _table_row("normalized_accuracy", INDIVIDUAL_ROW, "", individual / individual, None),
     ]
     for method in pd.unique(results["method"]):
         setting, accuracy, normalized = _best_test_accuracies(results, method, task_list, individual)
-        accuracy_rows.append(_table_row("accuracy", display_name(method), setting, accuracy))
-        normalized_rows.append(_table_row("normalized_accuracy", display_name(method), setting, normalized))
-    return pd.DataFrame(accuracy_rows + normalized_rows, columns=[*LEADING_COLUMNS, *task_list, AVERAGE_COLUMN])
+        name = display_name(method)
+        accuracy_rows.append(_table_row("accuracy", name, setting, accuracy, published_for(method, numbers)))
+        normalized_rows.append(_table_row("normalized_accuracy", name, setting, normalized, None))
+    return pd.DataFrame(accuracy_rows + normalized_rows, columns=[*LEADING_COLUMNS, *task_list, *TRAILING_COLUMNS])
 
 
 def _checked_tasks(tasks: Sequence[str]) -> list[str]:
@@ -101,7 +120,7 @@ def _checked_tasks(tasks: Sequence[str]) -> list[str]:
     repeated = sorted({task for task in task_list if task_list.count(task) > 1})
     if repeated:
         raise InputError(f"task(s) {', '.join(repeated)} given more than once (expected distinct task names)")
-    reserved = [task for task in task_list if task in (*LEADING_COLUMNS, AVERAGE_COLUMN)]
+    reserved = [task for task in task_list if task in (*LEADING_COLUMNS, *TRAILING_COLUMNS)]
     if reserved:
         raise InputError(f"task name(s) {', '.join(reserved)} clash with table columns; expected other task names")
     return task_list
@@ -141,13 +160,19 @@ def _best_test_accuracies(
     return str(by_task["setting"].iloc[0]), accuracy, normalized
 
 
-def _table_row(metric: str, method: str, setting: str, fractions: pd.Series) -> list[object]:
+def _table_row(
+    metric: str, method: str, setting: str, fractions: pd.Series, published: PublishedNumber | None
+) -> list[object]:
     percent = [100.0 * float(value) for value in fractions]
-    return [metric, method, setting, *percent, math.fsum(percent) / len(percent)]
+    average = math.fsum(percent) / len(percent)
+    if published is None:
+        return [metric, method, setting, *percent, average, math.nan, math.nan, ""]
+    reported = published.average_accuracy
+    return [metric, method, setting, *percent, average, reported, average - reported, published.source]
 
 
 def task_columns(table: pd.DataFrame) -> list[str]:
-    return [column for column in table.columns if column not in (*LEADING_COLUMNS, AVERAGE_COLUMN)]
+    return [column for column in table.columns if column not in (*LEADING_COLUMNS, *TRAILING_COLUMNS)]
 
 
 def format_setting(setting: object) -> str:
@@ -169,18 +194,55 @@ def _one_decimal(value: float) -> str:
     return f"{value:.1f}"
 
 
+def _signed_one_decimal(value: float) -> str:
+    return f"{value:+.1f}"
+
+
+def _has_published_columns(metric: str) -> bool:
+    # Published numbers are average absolute accuracies; normalized rows never have one.
+    return metric == "accuracy"
+
+
+def _optional(value: float, render: Callable[[float], str]) -> str:
+    return "" if pd.isna(value) else render(value)
+
+
 def _rendered_rows(table: pd.DataFrame, metric: str) -> list[list[str]]:
+    """Method, task accuracies, average, [published, difference,] hyper-parameters: the printed cells."""
     rows = table[table["metric"] == metric]
     numeric = [*task_columns(table), AVERAGE_COLUMN]
-    return [
-        [row["method"], *(_one_decimal(row[column]) for column in numeric), format_setting(row["setting"])]
-        for _, row in rows.iterrows()
-    ]
+    rendered = []
+    for _, row in rows.iterrows():
+        cells = [row["method"], *(_one_decimal(row[column]) for column in numeric)]
+        if _has_published_columns(metric):
+            cells += [
+                _optional(row[PUBLISHED_COLUMN], _one_decimal),
+                _optional(row[DIFFERENCE_COLUMN], _signed_one_decimal),
+            ]
+        rendered.append([*cells, format_setting(row["setting"])])
+    return rendered
+
+
+def published_sources(table: pd.DataFrame) -> list[str]:
+    """The distinct sources of the table's published numbers, in row order."""
+    sources = table[PUBLISHED_SOURCE_COLUMN].fillna("")
+    return list(dict.fromkeys(source for source in sources if source))
+
+
+def _sources_note(table: pd.DataFrame) -> str:
+    sources = published_sources(table)
+    if not sources:
+        return "No published numbers for this model and task list."
+    return (
+        f"{PUBLISHED_COLUMN}: average test accuracy reported in {'; '.join(sources)}; "
+        f"{DIFFERENCE_COLUMN}: our average minus it."
+    )
 
 
 def markdown_table(table: pd.DataFrame, metric: str) -> str:
     """One metric as a GitHub Markdown table, numbers to one decimal."""
-    header = ["method", *task_columns(table), AVERAGE_COLUMN, SETTING_HEADER]
+    published = [PUBLISHED_COLUMN, DIFFERENCE_COLUMN] if _has_published_columns(metric) else []
+    header = ["method", *task_columns(table), AVERAGE_COLUMN, *published, SETTING_HEADER]
     alignment = [":---", *("---:" for _ in header[1:-1]), ":---"]
     lines = [_markdown_line(header), _markdown_line(alignment)]
     lines += [_markdown_line(row) for row in _rendered_rows(table, metric)]
@@ -193,7 +255,9 @@ def _markdown_line(cells: Sequence[str]) -> str:
 
 def markdown_document(table: pd.DataFrame, title: str | None = None) -> str:
     sections = [f"# {title}\n"] if title else []
-    sections += [f"## {METRIC_TITLES[metric]}\n\n{markdown_table(table, metric)}" for metric in METRIC_TITLES]
+    for metric, heading in METRIC_TITLES.items():
+        note = f"\n{_sources_note(table)}\n" if _has_published_columns(metric) else ""
+        sections.append(f"## {heading}\n\n{markdown_table(table, metric)}{note}")
     return "\n".join(sections)
 
 
@@ -204,30 +268,27 @@ def latex_escape(text: str) -> str:
 def latex_tabular(table: pd.DataFrame, metric: str) -> str:
     """One metric as a booktabs tabular; a rule separates the reference rows from the merges."""
     tasks = task_columns(table)
-    header = ["Method", *tasks, "Average", "Hyper-parameters"]
+    published = ["Published", r"$\Delta$"] if _has_published_columns(metric) else []
+    header = [*(latex_escape(cell) for cell in ["Method", *tasks, "Average"]), *published, "Hyper-parameters"]
     lines = [
         f"% {METRIC_TITLES[metric]}",
-        r"\begin{tabular}{l" + "r" * (len(tasks) + 1) + "l}",
+        r"\begin{tabular}{l" + "r" * (len(tasks) + 1 + len(published)) + "l}",
         r"\toprule",
-        _latex_line(header),
+        " & ".join(header) + r" \\",
         r"\midrule",
     ]
     for row in _rendered_rows(table, metric):
-        lines.append(_latex_line(row))
+        lines.append(" & ".join(latex_escape(cell) for cell in row) + r" \\")
         if row[0] == INDIVIDUAL_ROW:
             lines.append(r"\midrule")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
 
-def _latex_line(cells: Sequence[str]) -> str:
-    return " & ".join(latex_escape(cell) for cell in cells) + r" \\"
-
-
 def latex_document(table: pd.DataFrame, title: str | None = None) -> str:
     # Only comments around the tabulars, so the file can be \input inside any table environment.
     preamble = ["% " + " ".join(title.splitlines())] if title else []
-    preamble.append(r"% Requires \usepackage{booktabs}.")
+    preamble += [r"% Requires \usepackage{booktabs}.", f"% {_sources_note(table)}"]
     return "\n".join(preamble) + "\n\n" + "\n".join(latex_tabular(table, metric) for metric in METRIC_TITLES)
 
 
