@@ -13,24 +13,10 @@ from tqdm import tqdm
 
 from mergeflow import merging
 from mergeflow.evaluate import accuracy
+from mergeflow.method_entries import base_method, factor_kind
 from mergeflow.model import ModelSpec, load_weights
 from mergeflow.selection import as_rows, expand_grid, mark_selection, selected_settings, setting_key, sweep_axis_of
 from mergeflow.types import StateDict
-
-FACTOR_KIND = {"cart": "centered", "lowrank_ta": "original", "tsv_m": "original"}
-"""Methods whose sweeps reuse SVD factors, and which task vectors they decompose
-(centered θ_t − θ_avg or original θ_t − θ_0)."""
-
-VARIANT_SEPARATOR = "@"
-
-
-def base_method(entry: str) -> str:
-    """The registry method of a config entry: `cart@released` is a second, separately reported cart grid."""
-    return entry.split(VARIANT_SEPARATOR, 1)[0]
-
-
-def factor_kind(entry: str) -> str | None:
-    return FACTOR_KIND.get(base_method(entry))
 
 
 @dataclass(frozen=True)

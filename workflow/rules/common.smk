@@ -4,7 +4,7 @@ import json
 import os
 
 from mergeflow.job_resources import job_resources
-from mergeflow.merge_eval import factor_kind
+from mergeflow.method_entries import factor_kind
 
 MODEL = config["model"]["name"]
 MODEL_SOURCE = config["model"]["source"]
