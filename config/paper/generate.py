@@ -12,10 +12,9 @@ from pathlib import Path
 
 import yaml
 
-TASKS_8 = ["SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD"]
-TASKS_14 = TASKS_8 + ["CIFAR100", "STL10", "Flowers102", "OxfordIIITPet", "PCAM", "FER2013"]
-TASKS_20 = TASKS_14 + ["EMNIST", "CIFAR10", "Food101", "FashionMNIST", "RenderedSST2", "KMNIST"]
-SUITES = {8: TASKS_8, 14: TASKS_14, 20: TASKS_20}
+from mergeflow.image_tasks.registry import TASK_GROUPS
+
+SUITES = {count: list(tasks) for count, tasks in TASK_GROUPS.items()}
 MODELS = ("ViT-B-32", "ViT-B-16", "ViT-L-14")
 # The CART authors' released (rank ratio, λ) per task count; published for ViT-B/32 (METHODS.md) and
 # used for every model, since no per-model setting was released.

@@ -23,28 +23,9 @@ where they were read (so that a renamed upstream file can be traced back):
 
 from __future__ import annotations
 
-TASKS: tuple[str, ...] = (
-    "SUN397",
-    "Cars",
-    "RESISC45",
-    "EuroSAT",
-    "SVHN",
-    "GTSRB",
-    "MNIST",
-    "DTD",
-    "CIFAR100",
-    "STL10",
-    "Flowers102",
-    "OxfordIIITPet",
-    "PCAM",
-    "FER2013",
-    "EMNIST",
-    "CIFAR10",
-    "Food101",
-    "FashionMNIST",
-    "RenderedSST2",
-    "KMNIST",
-)
+from mergeflow.image_tasks.registry import TASKS_20
+
+TASKS: tuple[str, ...] = TASKS_20
 
 # --- TALL masks -------------------------------------------------------------------------------------------------
 TALL_MASKS_REPO = "nik-dim/tall_masks"
