@@ -129,7 +129,7 @@ def test_bad_published_file_names_file_line_and_expectation(tmp_path: Path, rows
 def test_published_file_without_a_column_is_named(tmp_path: Path) -> None:
     path = tmp_path / "published.csv"
     path.write_text("model,num_tasks,method,source\nViT-B-32,8,cart,paper\n")
-    with pytest.raises(InputError, match=r"published\.csv: missing column\(s\) average_accuracy"):
+    with pytest.raises(InputError, match=r"published\.csv: missing column\(s\) 'average_accuracy'"):
         load_published(path)
 
 

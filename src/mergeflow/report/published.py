@@ -24,7 +24,7 @@ import pandas as pd
 
 from mergeflow.image_tasks.registry import TASK_GROUPS
 from mergeflow.io import InputError
-from mergeflow.report.results import PathLike
+from mergeflow.report.results import PathLike, read_text_csv
 
 T = TypeVar("T", int, float)
 
@@ -44,17 +44,7 @@ def packaged_published_path() -> Path:
 
 def load_published(path: PathLike) -> pd.DataFrame:
     """Read and check a published-numbers CSV: columns `PUBLISHED_COLUMNS`, one row per (model, num_tasks, method)."""
-    expected = ", ".join(PUBLISHED_COLUMNS)
-    if not Path(path).is_file():
-        raise InputError(f"{path}: file not found (expected a CSV with columns {expected})")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not a readable CSV ({err}); expected columns {expected}") from None
-    missing = [column for column in PUBLISHED_COLUMNS if column not in frame.columns]
-    if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(missing)}; expected columns {expected}")
-    frame = frame.loc[:, list(PUBLISHED_COLUMNS)].apply(lambda column: column.str.strip())
+    frame = read_text_csv(path, PUBLISHED_COLUMNS).loc[:, list(PUBLISHED_COLUMNS)]
     frame["num_tasks"] = _parsed(frame["num_tasks"], int, lambda value: value > 0, "a positive whole number", path)
     frame["average_accuracy"] = _parsed(
         frame["average_accuracy"], float, lambda value: 0.0 <= value <= 100.0, "an accuracy in percent, 0-100", path

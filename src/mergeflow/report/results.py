@@ -43,7 +43,7 @@ def load_reference(path: PathLike) -> pd.DataFrame:
 
     The file path is kept in `frame.attrs["source"]` for error messages downstream.
     """
-    frame = _read_text_csv(path, REFERENCE_COLUMNS)
+    frame = read_text_csv(path, REFERENCE_COLUMNS)
     _check_splits(frame, path)
     for column in ("zeroshot", "individual"):
         frame[column] = _parse_floats(frame, column, path, allow_missing=False, upper=1.0)
@@ -81,7 +81,7 @@ def source_of(results: pd.DataFrame, method: str) -> str:
 
 
 def _load_method_file(path: PathLike, tasks: Sequence[str] | None) -> pd.DataFrame:
-    frame = _read_text_csv(path, RESULT_COLUMNS)
+    frame = read_text_csv(path, RESULT_COLUMNS)
     _check_splits(frame, path)
     frame["rank"] = _parse_floats(frame, "rank", path, allow_missing=True, upper=1.0)
     frame["lam"] = _parse_floats(frame, "lam", path, allow_missing=True, upper=None)
@@ -101,7 +101,7 @@ def _load_method_file(path: PathLike, tasks: Sequence[str] | None) -> pd.DataFra
     return results
 
 
-def _read_text_csv(path: PathLike, columns: Sequence[str]) -> pd.DataFrame:
+def read_text_csv(path: PathLike, columns: Sequence[str]) -> pd.DataFrame:
     """Read every cell as stripped text so that parsing, and its error messages, stay ours."""
     expected = ", ".join(columns)
     if not Path(path).is_file():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mergeflow.io import InputError, atomic_path, write_text
+from mergeflow.io import InputError
 from mergeflow.report.results import PathLike
 from mergeflow.report.style import KIND_STYLES, figure_style, heading, save_figure
 from mergeflow.report.tables import (
@@ -24,6 +24,7 @@ from mergeflow.report.tables import (
     PUBLISHED_COLUMN,
     latex_escape,
     task_columns,
+    write_table_files,
 )
 
 SCALING_COLUMNS = ("method", "num_tasks", "suite", AVERAGE_COLUMN, PUBLISHED_COLUMN, DIFFERENCE_COLUMN)
@@ -139,13 +140,8 @@ def scaling_latex(scaling: pd.DataFrame, title: str | None = None) -> str:
 
 def write_scaling_table(scaling: pd.DataFrame, out_dir: PathLike, title: str | None = None) -> list[Path]:
     """Write task_count_scaling.csv (full precision), .md and .tex into `out_dir`, each atomically."""
-    directory = Path(out_dir)
-    csv_path, markdown_path, latex_path = (directory / f"task_count_scaling.{ext}" for ext in ("csv", "md", "tex"))
-    with atomic_path(csv_path) as tmp:
-        scaling.to_csv(tmp, index=False, lineterminator="\n")
-    write_text(markdown_path, scaling_markdown(scaling, title))
-    write_text(latex_path, scaling_latex(scaling, title))
-    return [csv_path, markdown_path, latex_path]
+    stem = Path(out_dir) / "task_count_scaling"
+    return write_table_files(scaling, stem, scaling_markdown(scaling, title), scaling_latex(scaling, title))
 
 
 def plot_scaling(scaling: pd.DataFrame, out_stem: PathLike, title: str | None = None) -> list[Path]:

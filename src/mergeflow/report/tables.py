@@ -292,12 +292,18 @@ def latex_document(table: pd.DataFrame, title: str | None = None) -> str:
     return "\n".join(preamble) + "\n\n" + "\n".join(latex_tabular(table, metric) for metric in METRIC_TITLES)
 
 
-def write_main_table(table: pd.DataFrame, out_dir: PathLike, title: str | None = None) -> list[Path]:
-    """Write main.csv (full precision), main.md and main.tex into `out_dir`, each atomically."""
-    directory = Path(out_dir)
-    csv_path, markdown_path, latex_path = (directory / f"main.{suffix}" for suffix in ("csv", "md", "tex"))
+def write_table_files(table: pd.DataFrame, stem: Path, markdown: str, latex: str) -> list[Path]:
+    """Write `<stem>.csv` (full precision), `.md` and `.tex`, each atomically."""
+    csv_path, markdown_path, latex_path = (stem.with_name(f"{stem.name}.{suffix}") for suffix in ("csv", "md", "tex"))
     with atomic_path(csv_path) as tmp:
         table.to_csv(tmp, index=False, lineterminator="\n")
-    write_text(markdown_path, markdown_document(table, title))
-    write_text(latex_path, latex_document(table, title))
+    write_text(markdown_path, markdown)
+    write_text(latex_path, latex)
     return [csv_path, markdown_path, latex_path]
+
+
+def write_main_table(table: pd.DataFrame, out_dir: PathLike, title: str | None = None) -> list[Path]:
+    """Write main.csv (full precision), main.md and main.tex into `out_dir`, each atomically."""
+    return write_table_files(
+        table, Path(out_dir) / "main", markdown_document(table, title), latex_document(table, title)
+    )
