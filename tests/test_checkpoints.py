@@ -44,13 +44,6 @@ Served = tuple[Path, str, list[str]]  # served directory, base URL, request log
 # --- fixtures ------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def offline_hub(monkeypatch: pytest.MonkeyPatch) -> None:
-    """HF_HUB_OFFLINE=1 for the environment and for huggingface_hub, which reads it once at import."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-
 def _jitter(module: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:
     """Perturb every parameter (LayerNorms start at exactly 1 and 0, which would hide swapped keys)."""
     generator = torch.Generator().manual_seed(seed)

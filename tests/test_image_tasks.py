@@ -50,14 +50,10 @@ SHAPES = [(20, 37), (41, 15), (16, 16), (8, 8), (9, 30), (30, 9), (12, 13), (50,
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Offline hub, and no socket may connect: resolution must come from the cache fixtures alone."""
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No socket may connect: resolution must come from the cache fixtures alone (offline: tests/conftest.py)."""
     import huggingface_hub.constants
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    # huggingface_hub reads HF_HUB_OFFLINE at import time; pin the parsed value too.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert huggingface_hub.constants.is_offline_mode()
 
     def refuse(*args: object, **kwargs: object) -> None:
