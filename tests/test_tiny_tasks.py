@@ -87,8 +87,8 @@ def nearest_class_mean_accuracy(
 # ---------------------------------------------------------------- API contract
 
 
-def test_eight_tasks_in_canonical_order() -> None:
-    assert TASK_NAMES == [
+def test_tiny8_tasks_come_first_in_canonical_order() -> None:
+    assert TASK_NAMES[:8] == [
         "shapes", "colours", "textures", "digits", "counting", "orientation", "position", "sizes"
     ]  # fmt: skip
 

@@ -21,12 +21,12 @@ _DIGIT_BITMAPS: tuple[tuple[str, ...], ...] = (
 )
 
 
-def _bitmaps_to_array(bitmaps: tuple[tuple[str, ...], ...]) -> np.ndarray:
+def bitmaps_to_array(bitmaps: tuple[tuple[str, ...], ...]) -> np.ndarray:
     return np.array([[[ch == "1" for ch in row] for row in glyph] for glyph in bitmaps], dtype=bool)
 
 
 # [digit, row, column]; row 0 is the top of the glyph.
-DIGIT_GLYPHS: np.ndarray = _bitmaps_to_array(_DIGIT_BITMAPS)
+DIGIT_GLYPHS: np.ndarray = bitmaps_to_array(_DIGIT_BITMAPS)
 DIGIT_GLYPHS.setflags(write=False)
 
 # Strokes are capsules of this half-width (in cells) joining neighbouring lit cells, so glyphs
@@ -70,7 +70,7 @@ def _distance_to_segment(rows: np.ndarray, cols: np.ndarray, segment: Segment) -
     return np.hypot(p_row - t * d_row, p_col - t * d_col)
 
 
-def _stroke_textures(glyphs: np.ndarray) -> np.ndarray:
+def stroke_textures(glyphs: np.ndarray) -> np.ndarray:
     """Sample each stroked glyph finely: [glyph, row texel, column texel] bool.
 
     Rendering then reduces to one lookup per pixel instead of a distance test per stroke.
@@ -85,5 +85,5 @@ def _stroke_textures(glyphs: np.ndarray) -> np.ndarray:
     return textures
 
 
-DIGIT_TEXTURES: np.ndarray = _stroke_textures(DIGIT_GLYPHS)
+DIGIT_TEXTURES: np.ndarray = stroke_textures(DIGIT_GLYPHS)
 DIGIT_TEXTURES.setflags(write=False)

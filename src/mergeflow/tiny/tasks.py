@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mergeflow.io import InputError
-from mergeflow.tiny import render
+from mergeflow.tiny import more_scenes, render
 from mergeflow.tiny.glyphs import DIGIT_TEXTURES, GLYPH_COLS, GLYPH_ROWS, TEXELS_PER_CELL, TEXTURE_PAD
 from mergeflow.tiny.render import Grid, Scene
 
@@ -88,6 +88,67 @@ TINY_TASKS: dict[str, TinyTask] = {
             "sizes",
             ("tiny", "small", "medium", "large"),
             ("a {} object.", "a photo of a {} thing.", "something {} in size."),
+        ),
+        # tiny14 adds the next six, tiny20 all twelve (scenes in more_scenes).
+        TinyTask(
+            "arrows",
+            ("up", "down", "left", "right"),
+            ("an arrow pointing {}.", "a sign pointing {}.", "an arrow that points {}."),
+        ),
+        TinyTask(
+            "outlines",
+            ("solid", "outlined", "dashed", "double lined"),
+            ("a {} figure.", "a {} drawing of a polygon.", "a figure drawn {}."),
+        ),
+        TinyTask(
+            "distances",
+            ("touching", "close together", "a little apart", "far apart"),
+            ("two dots {}.", "a pair of spots {}.", "two points that are {}."),
+        ),
+        TinyTask(
+            "frames",
+            ("no frame", "thin frame", "medium frame", "thick frame"),
+            ("a picture with {}.", "an image showing {}.", "a drawing with {} around it."),
+        ),
+        TinyTask(
+            "blur",
+            ("sharp", "soft", "blurry", "very blurry"),
+            ("a {} photo.", "a {} picture of an object.", "an object that looks {}."),
+        ),
+        TinyTask(
+            "relations",
+            ("above", "below", "left of", "right of"),
+            ("a dot {} a block.", "a small spot {} a big shape.", "a marker placed {} a box."),
+        ),
+        TinyTask(
+            "alphabet",
+            more_scenes.LETTERS,
+            ("the letter {}.", "a capital letter {}.", "a pixel font letter {}."),
+        ),
+        TinyTask(
+            "stripes",
+            ("very thin", "thin", "thick", "very thick"),
+            ("{} stripes.", "a pattern of {} stripes.", "a surface covered in {} stripes."),
+        ),
+        TinyTask(
+            "shading",
+            ("fading upwards", "fading downwards", "fading to the left", "fading to the right"),
+            ("a shape {}.", "an object {} into the background.", "a gradient {}."),
+        ),
+        TinyTask(
+            "saturation",
+            ("grey", "pale", "rich", "vivid"),
+            ("a {} coloured thing.", "an object in a {} tint.", "a {} hue."),
+        ),
+        TinyTask(
+            "angles",
+            ("very sharp", "sharp", "right", "wide"),
+            ("a {} angle.", "two lines meeting at a {} angle.", "a chevron with a {} angle."),
+        ),
+        TinyTask(
+            "pies",
+            ("full disc", "three quarter disc", "half disc", "quarter disc"),
+            ("a {}.", "a {} cut from paper.", "a picture of a {}."),
         ),
     )
 }
@@ -286,6 +347,18 @@ _SCENES: dict[str, Callable[[np.random.Generator, np.ndarray, Grid], Scene]] = {
     "orientation": _orientation,
     "position": _position,
     "sizes": _sizes,
+    "arrows": more_scenes.arrows,
+    "outlines": more_scenes.outlines,
+    "distances": more_scenes.distances,
+    "frames": more_scenes.frames,
+    "blur": more_scenes.blur,
+    "relations": more_scenes.relations,
+    "alphabet": more_scenes.alphabet,
+    "stripes": more_scenes.stripes,
+    "shading": more_scenes.shading,
+    "saturation": more_scenes.saturation,
+    "angles": more_scenes.angles,
+    "pies": more_scenes.pies,
 }
 
 
