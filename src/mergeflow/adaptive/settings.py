@@ -1,0 +1,166 @@
+"""Settings of each test-time adaptive method, with the defaults of the official code (METHODS.md).
+
+Every dataclass is keyword-only and checks itself on construction (InputError naming the field).
+`settings_to_json` / `settings_from_json` let a learned-merge artefact record the settings that define it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from mergeflow.io import InputError
+
+GRANULARITIES = ("task", "layer")
+ADARANK_BASES = ("cart", "task_arithmetic")
+
+
+def _require(ok: bool, method: str, field: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise InputError(f"{method}: setting {field!r} must be {expected}, got {value!r}")
+
+
+def _check_clamp(method: str, clamp: tuple[float, float] | None, init: float, init_field: str) -> None:
+    if clamp is None:
+        return
+    _require(len(clamp) == 2 and clamp[0] <= clamp[1], method, "clamp", "None or (low, high) with low <= high", clamp)
+    _require(clamp[0] <= init <= clamp[1], method, init_field, f"inside clamp {tuple(clamp)}", init)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaptationSettings:
+    """The optimisation every method shares: Adam without weight decay on Σ_t mean prediction entropy."""
+
+    method: ClassVar[str]
+
+    steps: int = 500
+    # Unlabeled test images per task in each step.
+    batch_size: int = 16
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    # Seeds the batch order (one NumPy generator per task, from (seed, task index)).
+    seed: int = 0
+    # CUDA only: the encoder's forward pass under bfloat16 autocast; merged weights and entropies stay float32.
+    bf16_autocast: bool = False
+
+    def __post_init__(self) -> None:
+        name = self.method
+        _require(self.steps >= 0, name, "steps", "an integer >= 0", self.steps)
+        _require(self.batch_size >= 1, name, "batch_size", "an integer >= 1", self.batch_size)
+        _require(math.isfinite(self.lr) and self.lr > 0, name, "lr", "a positive number", self.lr)
+        _require(
+            len(self.betas) == 2 and all(0.0 <= beta < 1.0 for beta in self.betas),
+            name,
+            "betas",
+            "two numbers in [0, 1)",
+            self.betas,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaMergingSettings(AdaptationSettings):
+    """AdaMerging: θ = θ_0 + Σ_t λ_t^l τ_t^l, λ one per task ("task") or per task and tensor ("layer").
+
+    The official code clamps λ to [0, 1]; `clamp=None` trains them unconstrained (as FusionBench does).
+    """
+
+    method: ClassVar[str] = "adamerging"
+
+    granularity: Literal["task", "layer"] = "layer"
+    init: float = 0.3
+    clamp: tuple[float, float] | None = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.granularity in GRANULARITIES, self.method, "granularity", "'task' or 'layer'", self.granularity)
+        _check_clamp(self.method, self.clamp, self.init, "init")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaMergingCartSettings(AdaptationSettings):
+    """AdaMerging on CART: θ = θ_avg + Σ_t λ_t^l SVD_k(τ̄_t^l) on the CART matrices, λ initialised at CART's `lam`.
+
+    `rank` is CART's rank ratio ρ (k = rank_from_ratio(ρ, shape)), and must be > 0: at ρ = 0 there is no
+    low-rank term to weight. Unclamped by default: the CART papers specify no clamp, CART's own λ is
+    usually above 1 (1.5 to 2.3 in the released configs), and the CART authors' AdaRank trains these
+    coefficients unclamped from such priors.
+    """
+
+    method: ClassVar[str] = "adamerging_cart"
+
+    rank: float
+    lam: float
+    granularity: Literal["task", "layer"] = "layer"
+    clamp: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(0.0 < self.rank <= 1.0, self.method, "rank", "a rank ratio in (0, 1]", self.rank)
+        _require(math.isfinite(self.lam), self.method, "lam", "a finite number", self.lam)
+        _require(self.granularity in GRANULARITIES, self.method, "granularity", "'task' or 'layer'", self.granularity)
+        _check_clamp(self.method, self.clamp, self.lam, "lam")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaRankSettings(AdaptationSettings):
+    """AdaRank: a keep/drop mask over each task's singular components of every CART matrix, and one
+    coefficient per (task, CART matrix) initialised at `prior`, trained jointly without clamp.
+
+    `base` "cart": origin θ_avg, vectors θ_t − θ_avg; "task_arithmetic": origin θ_0, vectors θ_t − θ_0.
+    `initial_rank` ρ keeps the top rank_from_ratio(ρ, shape) components of every (task, matrix) at the
+    start. Logits m give the mask sigmoid(m / mask_temperature); the official values are below.
+    """
+
+    method: ClassVar[str] = "adarank"
+
+    base: Literal["cart", "task_arithmetic"]
+    initial_rank: float
+    prior: float
+    steps: int = 10000
+    mask_temperature: float = 10.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.base in ADARANK_BASES, self.method, "base", "'cart' or 'task_arithmetic'", self.base)
+        _require(
+            0.0 <= self.initial_rank <= 1.0, self.method, "initial_rank", "a rank ratio in [0, 1]", self.initial_rank
+        )
+        _require(math.isfinite(self.prior), self.method, "prior", "a finite number", self.prior)
+        _require(
+            math.isfinite(self.mask_temperature) and self.mask_temperature > 0,
+            self.method,
+            "mask_temperature",
+            "a positive number",
+            self.mask_temperature,
+        )
+
+
+MethodSettings = AdaMergingSettings | AdaMergingCartSettings | AdaRankSettings
+
+SETTINGS_CLASSES: dict[str, type[MethodSettings]] = {
+    cls.method: cls for cls in (AdaMergingSettings, AdaMergingCartSettings, AdaRankSettings)
+}
+
+
+def settings_to_json(settings: MethodSettings) -> dict[str, Any]:
+    return {"method": settings.method, **dataclasses.asdict(settings)}
+
+
+def settings_from_json(obj: Mapping[str, Any], source: str) -> MethodSettings:
+    """The settings recorded by `settings_to_json`; InputError naming `source` if they are not such settings."""
+    if not isinstance(obj, Mapping):
+        raise InputError(f"{source}: settings must be a JSON object, got {type(obj).__name__}")
+    values = dict(obj)
+    method = values.pop("method", None)
+    cls = SETTINGS_CLASSES.get(method) if isinstance(method, str) else None
+    if cls is None:
+        raise InputError(f"{source}: unknown adaptive method {method!r}; expected one of {sorted(SETTINGS_CLASSES)}")
+    # JSON has no tuples: betas and clamp come back as lists.
+    values = {key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
+    try:
+        return cls(**values)
+    except TypeError as err:
+        raise InputError(f"{source}: settings do not fit {method} ({err})") from None
