@@ -37,7 +37,7 @@ REDUCTIONS = {
     },
     "tasks": TASKS,
     "data": {"train_size": 400, "test_size": 150},
-    "pretrain": {"images_per_task": 300, "steps": 40, "batch_size": 64, "warmup_steps": 4},
+    "pretrain": {"tasks": TASKS, "images_per_task": 300, "steps": 40, "batch_size": 64, "warmup_steps": 4},
     "finetune": {"steps": 60, "batch_size": 32, "warmup_steps": 5},
     "evaluation": {"batch_size": 256},
     "methods": {

@@ -72,7 +72,7 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 
 def _prepare_tiny_task(args: argparse.Namespace) -> int:
     from mergeflow.data import TaskClasses, write_task
-    from mergeflow.tiny import TINY_TASKS, generate_split
+    from mergeflow.tiny import TINY_TASKS, apply_domain, generate_split
 
     missing = [
         flag for flag, value in (("--train-size", args.train_size), ("--test-size", args.test_size)) if value is None
@@ -82,8 +82,11 @@ def _prepare_tiny_task(args: argparse.Namespace) -> int:
     task = TINY_TASKS.get(args.task)
     if task is None:
         raise InputError(f"--task {args.task!r}: unknown tiny task; expected one of {sorted(TINY_TASKS)}")
-    train = generate_split(args.task, args.train_size, args.image_size, args.seed)
-    test = generate_split(args.task, args.test_size, args.image_size, args.seed + 1)
+    train_images, train_labels = generate_split(args.task, args.train_size, args.image_size, args.seed)
+    test_images, test_labels = generate_split(args.task, args.test_size, args.image_size, args.seed + 1)
+    look = {"style": args.domain_style, "shift": args.split_shift}
+    train = apply_domain(train_images, args.task, **look), train_labels
+    test = apply_domain(test_images, args.task, **look), test_labels
     counts = write_task(args.out, args.task, TaskClasses(task.classnames, task.templates), train, test)
     log.info("%s: wrote %s to %s", args.task, counts, args.out)
     return 0
@@ -95,7 +98,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     from mergeflow.model import build_clip, build_tokenizer, save_model_dir, tiny_clip_spec
     from mergeflow.pretrain import PretrainSettings, contrastive_pretrain, noisy_captions
-    from mergeflow.tiny import TINY_TASKS, caption, generate_split
+    from mergeflow.tiny import TINY_TASKS, apply_domain, caption, generate_split
 
     device = _setup(args, args.seed)
     unknown = [t for t in args.tasks if t not in TINY_TASKS]
@@ -105,7 +108,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     images, task_labels = [], []
     for offset, task in enumerate(args.tasks):
         task_images, labels = generate_split(task, args.images_per_task, spec.image_size, args.data_seed + offset)
-        images.append(task_images)
+        # The tasks' looks, but never the task-split shift: that is what fine-tuning has to adapt to.
+        images.append(apply_domain(task_images, task, style=args.domain_style, shift=0.0))
         task_labels += [(task, int(label)) for label in labels]
     pool = np.concatenate(images)
     counts = {task: len(TINY_TASKS[task].classnames) for task in args.tasks}
@@ -311,6 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--test-size", type=int, default=None, help="tiny: test examples")
     p.add_argument("--seed", type=int, default=0, help="tiny: generator seed")
+    p.add_argument(
+        "--domain-style",
+        type=float,
+        default=0.0,
+        help="tiny: strength of the task's own look, 0-1 (mergeflow.tiny.domains)",
+    )
+    p.add_argument(
+        "--split-shift", type=float, default=0.0, help="tiny: strength of the shift all task splits share, 0-1"
+    )
     p.add_argument("--cache-dir", default=None, help="huggingface: hub cache directory (default: HF_HOME's)")
     p.add_argument("--revision", default="main", help="huggingface: dataset revision (branch, tag or commit)")
     p.add_argument("--emnist-split", choices=("digits", "letters"), default="digits", help="EMNIST: which split")
@@ -346,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", required=True)
     p.add_argument("--images-per-task", type=int, required=True)
     p.add_argument("--caption-noise", type=float, default=0.0)
+    p.add_argument("--domain-style", type=float, default=0.0, help="strength of each task's own look, 0-1")
     p.add_argument(
         "--data-seed", type=int, default=1000, help="seed of the pre-training images (distinct from the task splits)"
     )
@@ -451,5 +465,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def run() -> int:
+    """The `mergeflow` console command: `main` in a process of its own.
+
+    open_clip imports transformers (over a second of every job's start) only for Hugging Face text towers,
+    which mergeflow never builds (`mergeflow.model.build_clip` refuses such configs), and no mergeflow code
+    imports it; a command process is spared that import. `main` itself leaves the interpreter alone, as
+    tests call it in a process that does use transformers.
+    """
+    sys.modules.setdefault("transformers", None)  # type: ignore[arg-type]
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -85,6 +85,11 @@ def image_size():
     return config["model"].get("image_size", 224)
 
 
+def pretrain_tasks():
+    """The tiny tasks θ_0 is pre-trained on: `pretrain.tasks`, by default the benchmark's own."""
+    return config["pretrain"].get("tasks", TASKS)
+
+
 def hub_cache_flag():
     return f"--cache-dir {HUB_CACHE}" if HUB_CACHE else ""
 
@@ -93,7 +98,10 @@ def data_source_flags():
     """prepare-data options of the configured source; they are params, so changing one reruns the data."""
     data = config["data"]
     if data["source"] == "tiny":
-        return f"--train-size {data['train_size']} --test-size {data['test_size']} --seed {data.get('seed', 0)}"
+        return (
+            f"--train-size {data['train_size']} --test-size {data['test_size']} --seed {data.get('seed', 0)}"
+            f" --domain-style {data.get('domain_style', 0.0)} --split-shift {data.get('split_shift', 0.0)}"
+        )
     if data["source"] == "torchvision":
         return f"--root {data.get('root', f'{RESULTS}/downloads/torchvision')}"
     flags = f"--revision {data.get('revision', 'main')} --emnist-split {data.get('emnist_split', 'digits')}"

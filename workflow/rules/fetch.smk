@@ -36,8 +36,9 @@ else:
         params:
             out_dir=lambda wildcards, output: os.path.dirname(output.image_encoder),
             architecture=as_json(config["model"]["architecture"]),
-            tasks=" ".join(TASKS),
+            tasks=" ".join(pretrain_tasks()),
             settings=config["pretrain"],
+            domain_style=config["data"].get("domain_style", 0.0),
             device=device_flag(),
         threads: 2
         resources:
@@ -53,6 +54,7 @@ else:
         shell:
             "mergeflow pretrain --name {wildcards.model} --architecture {params.architecture:q} --tasks {params.tasks}"
             " --images-per-task {params.settings[images_per_task]} --caption-noise {params.settings[caption_noise]}"
+            " --domain-style {params.domain_style}"
             " --data-seed {params.settings[data_seed]} --steps {params.settings[steps]}"
             " --batch-size {params.settings[batch_size]} --lr {params.settings[lr]}"
             " --weight-decay {params.settings[weight_decay]} --warmup-steps {params.settings[warmup_steps]}"

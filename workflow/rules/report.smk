@@ -5,8 +5,9 @@ from importlib import resources
 # The published averages shipped with mergeflow (package data); an input, so editing it reruns the tables.
 PUBLISHED_CSV = str(resources.files("mergeflow.report").joinpath("published.csv"))
 SUITE_LABEL = f"{BENCHMARK}, {MODEL}"
-# The paper's suites, whose main tables `scaling` compares.
-SCALING_SUITES = ("paper8", "paper14", "paper20")
+# The suites of 8, 14 and 20 tasks, whose main tables `scaling` compares: the paper's for the real models,
+# tiny8/14/20 (config/config.yaml, tiny14.yaml, tiny20.yaml) for the tiny one.
+SCALING_SUITES = ("paper8", "paper14", "paper20", "tiny8", "tiny14", "tiny20")
 # Published numbers are for open_clip models with OpenAI weights; any other model gets none.
 _OPEN_CLIP = config["model"].get("open_clip", {})
 PUBLISHED_MODEL_FLAG = (

@@ -1,9 +1,9 @@
-"""tiny8: eight procedurally generated image-classification tasks for offline benchmarks.
+"""The tiny tasks' content: twenty procedurally generated image-classification tasks for offline benchmarks.
 
-Each task labels one attribute of the image (shape, colour, texture, digit, count,
-orientation, position, size) while the other attributes vary at random as nuisance.
-Fine-tuning on one task therefore teaches the encoder to attend to that attribute and
-ignore the others, which is what makes the tasks interfere when models are merged.
+Each task labels one attribute of the image (shape, colour, texture, digit, count, orientation, position,
+size, and the twelve of `more_scenes` that tiny14 and tiny20 add) while the other attributes vary at random
+as nuisance. This module draws the content only; `mergeflow.tiny.domains` gives each task its own look
+and the task splits their shared shift.
 """
 
 from __future__ import annotations

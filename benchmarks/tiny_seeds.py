@@ -1,0 +1,216 @@
+"""Run a tiny benchmark (tiny8 by default) under several seeds and check which of the paper's findings hold.
+
+Each seed s changes the data (data.seed = 10·s; the test split uses data.seed + 1), the pre-training images
+and order (pretrain.data_seed = 1000 + 100·s, pretrain.seed = s) and the fine-tuning batch order
+(finetune.seed = s); everything else is the config's. Every seed runs the real workflow with Snakemake in
+its own directory under --workdir (kept, so a rerun only redoes what is missing). Then it prints
+
+- each method's average test accuracy as mean ± sd over the seeds (and the per-task means),
+- for each finding of issue 11, in how many seeds it held, with the margin per seed,
+- the centered vs original row-space interference and reconstruction error at a few k,
+
+and writes the same as Markdown to --out. Run from the repository root:
+
+    python benchmarks/tiny_seeds.py                                  # tiny8, seeds 0 1 2
+    python benchmarks/tiny_seeds.py --config config/tiny14.yaml --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Rows of the table, in order, with their display names (the report's).
+METHOD_NAMES = {
+    "weight_averaging": "weight averaging",
+    "task_arithmetic": "task arithmetic",
+    "ties": "TIES",
+    "dare": "DARE",
+    "magmax": "MagMax",
+    "consensus": "consensus",
+    "tsv_m": "TSV-M",
+    "iso_c": "Iso-C",
+    "iso_cts": "Iso-CTS",
+    "lowrank_ta": "low-rank TA",
+    "cart": "CART",
+}
+CART_MUST_BEAT = ("ties", "dare", "magmax", "consensus")
+
+
+def seeded_config(base: Mapping, seed: int) -> dict:
+    config = json.loads(json.dumps(base))
+    config["data"]["seed"] = 10 * seed
+    config["pretrain"]["data_seed"] = 1000 + 100 * seed
+    config["pretrain"]["seed"] = seed
+    config["finetune"]["seed"] = seed
+    return config
+
+
+def run_seed(config: Mapping, workdir: Path, cores: int) -> float:
+    """Run the workflow in `workdir`; returns the wall time in seconds."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    command = [
+        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+        "--configfile", str(workdir / "config.yaml"), "--cores", str(cores), "--quiet", "all",
+    ]  # fmt: skip
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"snakemake failed in {workdir}:\n{done.stderr[-4000:]}")
+    return time.perf_counter() - start
+
+
+def _test_average(frame: pd.DataFrame) -> float:
+    return 100.0 * float(frame["accuracy"].mean())
+
+
+def seed_results(suite: Path, methods: Mapping[str, Mapping]) -> dict:
+    """Test averages, per-task accuracies, selected settings and the CART rank curve of one finished run."""
+    reference = pd.read_csv(suite / "eval" / "reference.csv")
+    test_reference = reference[reference["split"] == "test"].set_index("task")
+    per_task = {"zero-shot": 100 * test_reference["zeroshot"], "individual": 100 * test_reference["individual"]}
+    selected, rank_curve = {}, {}
+    for method in methods:
+        rows = pd.read_csv(suite / "eval" / f"{method}.csv")
+        test = rows[rows["split"] == "test"]
+        best = test[test["best"]]
+        per_task[METHOD_NAMES.get(method, method)] = 100 * best.set_index("task")["accuracy"]
+        selected[method] = json.loads(best["setting"].iloc[0])
+        if method == "cart":
+            sweep = test[test["best_at_sweep"]]
+            rank_curve = {float(r): _test_average(g) for r, g in sweep.groupby("rank")}
+    table = pd.DataFrame(per_task).T
+    table["average"] = table.mean(axis=1)
+    return {"table": table, "selected": selected, "rank_curve": rank_curve}
+
+
+def lam_inside_grid(methods: Mapping[str, Mapping], selected: Mapping[str, Mapping]) -> dict[str, bool]:
+    """Per method with a λ grid of several values: whether the val-selected λ lies strictly inside it."""
+    inside = {}
+    for method, grid in methods.items():
+        lams = grid.get("lam")
+        if isinstance(lams, list) and len(lams) > 2:
+            inside[method] = min(lams) < float(selected[method]["lam"]) < max(lams)
+    return inside
+
+
+def findings(result: Mapping, methods: Mapping[str, Mapping]) -> dict[str, float]:
+    """Each finding's margin (≥ 0: it held); λ-inside is 1/0."""
+    avg = result["table"]["average"]
+    zs, ind = avg["zero-shot"], avg["individual"]
+    wa, ta, cart = avg["weight averaging"], avg["task arithmetic"], avg["CART"]
+    curve = result["rank_curve"]
+    interior = [acc for rank, acc in curve.items() if 0.0 < rank < 1.0]
+    margins = {
+        "individual ≥ zero-shot + 15": ind - zs - 15,
+        "individual ≥ 75": ind - 75,
+        "WA ≥ zero-shot + 2": wa - zs - 2,
+        "TA ≥ WA + 1": ta - wa - 1,
+        "CART ≥ TA + 3": cart - ta - 3,
+    }
+    for method in CART_MUST_BEAT:
+        if method in methods:
+            margins[f"CART ≥ {METHOD_NAMES[method]}"] = cart - avg[METHOD_NAMES[method]]
+    margins["rank bell: best interior ρ ≥ ρ=0 + 3"] = max(interior) - curve[0.0] - 3
+    inside = lam_inside_grid(methods, result["selected"])
+    outside = [m for m, ok in inside.items() if not ok]
+    margins["every selected λ inside its grid" + (f" (not: {', '.join(outside)})" if outside else "")] = (
+        0.0 if not outside else -1.0
+    )
+    return margins
+
+
+def spectrum_summary(suite: Path, ks: Sequence[int] = (1, 2, 4, 8)) -> pd.DataFrame | None:
+    path = suite / "tables" / "spectrum.csv"
+    if not path.is_file():
+        return None
+    curves = pd.read_csv(path)
+    curves = curves[(curves["layer_type"] == "all") & curves["k"].isin(ks)]
+    return curves.pivot_table(index="k", columns="kind", values=["reconstruction_error", "interference"])
+
+
+def mean_sd(values: Sequence[float]) -> str:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return f"{mean:.1f}"
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.1f} ± {sd:.1f}"
+
+
+def report(results: Sequence[dict], methods: Mapping[str, Mapping], seeds: Sequence[int], times: Sequence[float]):
+    tables = [r["table"] for r in results]
+    tasks = [c for c in tables[0].columns if c != "average"]
+    lines = [
+        f"Seeds {', '.join(map(str, seeds))}; test accuracy (%), λ and rank selected on val; "
+        "per task: mean over seeds; average: mean ± sd.",
+        "",
+        "| method | " + " | ".join(tasks) + " | average |",
+        "| :--- | " + " | ".join("---:" for _ in tasks) + " | ---: |",
+    ]
+    for method in tables[0].index:
+        cells = [f"{sum(t.loc[method, task] for t in tables) / len(tables):.1f}" for task in tasks]
+        lines.append(
+            f"| {method} | " + " | ".join(cells) + f" | {mean_sd([t.loc[method, 'average'] for t in tables])} |"
+        )
+    lines += ["", "Selected settings per seed:", ""]
+    for method in methods:
+        lines.append(
+            f"- {METHOD_NAMES.get(method, method)}: " + "; ".join(json.dumps(r["selected"][method]) for r in results)
+        )
+    lines += ["", "CART test accuracy over the rank sweep (each ρ with its val-selected λ):", ""]
+    ranks = sorted(results[0]["rank_curve"])
+    lines.append("| ρ | " + " | ".join(f"{r:g}" for r in ranks) + " |")
+    lines.append("| :--- | " + " | ".join("---:" for _ in ranks) + " |")
+    for seed, r in zip(seeds, results):
+        lines.append(f"| seed {seed} | " + " | ".join(f"{r['rank_curve'][k]:.1f}" for k in ranks) + " |")
+    lines.append("| mean ± sd | " + " | ".join(mean_sd([r["rank_curve"][k] for r in results]) for k in ranks) + " |")
+    lines += ["", "Findings (margin per seed; ≥ 0 means it held):", ""]
+    per_seed = [findings(r, methods) for r in results]
+    for name in per_seed[0]:
+        margins = [f.get(name, float("nan")) for f in per_seed]
+        held = sum(m >= 0 for m in margins)
+        lines.append(f"- {name}: held in {held}/{len(margins)} (" + ", ".join(f"{m:+.1f}" for m in margins) + ")")
+    lines += ["", f"Wall time per seed: {', '.join(f'{t:.0f} s' for t in times)}"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(REPO / "config" / "config.yaml"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workdir", default=str(REPO / "benchmarks" / "out" / "seeds"))
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--out", default=None, help="Markdown report (default: <workdir>/<benchmark>_seeds.md)")
+    args = parser.parse_args()
+    base = yaml.safe_load(Path(args.config).read_text())
+    methods = base["methods"]
+    results, times = [], []
+    for seed in args.seeds:
+        workdir = Path(args.workdir) / f"{base['benchmark']}-seed{seed}"
+        times.append(run_seed(seeded_config(base, seed), workdir, args.cores))
+        suite = workdir / "results" / base["benchmark"] / base["model"]["name"]
+        results.append(seed_results(suite, methods))
+        spectrum = spectrum_summary(suite)
+        if spectrum is not None:
+            print(f"seed {seed}: spectrum (group all)\n{spectrum.round(3).to_string()}\n", flush=True)
+    text = report(results, methods, args.seeds, times)
+    print(text)
+    out = Path(args.out) if args.out else Path(args.workdir) / f"{base['benchmark']}_seeds.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
