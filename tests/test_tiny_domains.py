@@ -14,6 +14,7 @@ from mergeflow.data import load_split
 from mergeflow.io import InputError
 from mergeflow.tiny import TINY_TASKS, apply_domain, generate_split, task_look
 from mergeflow.tiny.domains import TINT_AMPLITUDE, split_shift
+from mergeflow.tiny.splits import pretraining_pool, task_splits
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -127,3 +128,22 @@ def test_default_config_prepares_task_splits_with_look_and_shift(tmp_path: Path)
     look_only = apply_domain(plain, "sizes", style=data["domain_style"], shift=0.0)
     assert np.array_equal(stored, apply_domain(plain, "sizes", style=data["domain_style"], shift=data["split_shift"]))
     assert _correlation(_mean_residual(np.asarray(stored), look_only), split_shift().render(SIZE)) > 0.9
+
+
+def test_task_splits_carry_look_and_shift_and_the_pretraining_pool_only_the_look() -> None:
+    (train, test) = task_splits("digits", 300, 300, SIZE, 5, style=1.0, shift=0.2)
+    pool, task_labels = pretraining_pool(["shapes", "digits"], 300, SIZE, 5, style=1.0)
+    assert [task for task, _ in task_labels] == ["shapes"] * 300 + ["digits"] * 300
+    content, labels = generate_split("digits", 300, SIZE, 6)
+    assert np.array_equal(pool[300:], apply_domain(content, "digits", style=1.0, shift=0.0))
+    assert [label for _, label in task_labels[300:]] == labels.tolist()
+    # Same content drawn with seed 6 (the test split's seed): the test split differs from it by the shift.
+    assert np.array_equal(test[1], labels)
+    residual = _mean_residual(test[0], pool[300:])
+    assert _correlation(residual, split_shift().render(SIZE)) > 0.9
+    assert train[0].shape == (300, SIZE, SIZE, 3)
+
+
+def test_pretraining_pool_refuses_unknown_tasks() -> None:
+    with pytest.raises(InputError, match="pretrain.tasks: unknown tiny tasks"):
+        pretraining_pool(["shapes", "nosuchtask"], 4, SIZE, 0, style=1.0)

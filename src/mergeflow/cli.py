@@ -72,7 +72,8 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 
 def _prepare_tiny_task(args: argparse.Namespace) -> int:
     from mergeflow.data import TaskClasses, write_task
-    from mergeflow.tiny import TINY_TASKS, apply_domain, generate_split
+    from mergeflow.tiny import TINY_TASKS
+    from mergeflow.tiny.splits import task_splits
 
     missing = [
         flag for flag, value in (("--train-size", args.train_size), ("--test-size", args.test_size)) if value is None
@@ -82,36 +83,33 @@ def _prepare_tiny_task(args: argparse.Namespace) -> int:
     task = TINY_TASKS.get(args.task)
     if task is None:
         raise InputError(f"--task {args.task!r}: unknown tiny task; expected one of {sorted(TINY_TASKS)}")
-    train_images, train_labels = generate_split(args.task, args.train_size, args.image_size, args.seed)
-    test_images, test_labels = generate_split(args.task, args.test_size, args.image_size, args.seed + 1)
-    look = {"style": args.domain_style, "shift": args.split_shift}
-    train = apply_domain(train_images, args.task, **look), train_labels
-    test = apply_domain(test_images, args.task, **look), test_labels
+    train, test = task_splits(
+        args.task,
+        args.train_size,
+        args.test_size,
+        args.image_size,
+        args.seed,
+        style=args.domain_style,
+        shift=args.split_shift,
+    )
     counts = write_task(args.out, args.task, TaskClasses(task.classnames, task.templates), train, test)
     log.info("%s: wrote %s to %s", args.task, counts, args.out)
     return 0
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
     from mergeflow.model import build_clip, build_tokenizer, save_model_dir, tiny_clip_spec
     from mergeflow.pretrain import PretrainSettings, contrastive_pretrain, noisy_captions
-    from mergeflow.tiny import TINY_TASKS, apply_domain, caption, generate_split
+    from mergeflow.tiny import TINY_TASKS, caption
+    from mergeflow.tiny.splits import pretraining_pool
 
     device = _setup(args, args.seed)
-    unknown = [t for t in args.tasks if t not in TINY_TASKS]
-    if unknown:
-        raise InputError(f"--tasks: unknown tiny tasks {unknown}; expected names from {sorted(TINY_TASKS)}")
     spec = tiny_clip_spec(args.name, args.architecture)
-    images, task_labels = [], []
-    for offset, task in enumerate(args.tasks):
-        task_images, labels = generate_split(task, args.images_per_task, spec.image_size, args.data_seed + offset)
-        # The tasks' looks, but never the task-split shift: that is what fine-tuning has to adapt to.
-        images.append(apply_domain(task_images, task, style=args.domain_style, shift=0.0))
-        task_labels += [(task, int(label)) for label in labels]
-    pool = np.concatenate(images)
+    pool, task_labels = pretraining_pool(
+        args.tasks, args.images_per_task, spec.image_size, args.data_seed, style=args.domain_style
+    )
     counts = {task: len(TINY_TASKS[task].classnames) for task in args.tasks}
     captions, caption_ids = noisy_captions(task_labels, caption, counts, args.caption_noise, args.seed)
     tokens = build_tokenizer(spec)(captions)
