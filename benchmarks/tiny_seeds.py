@@ -29,22 +29,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from mergeflow.report.tables import METHOD_DISPLAY_NAMES as METHOD_NAMES
+
 REPO = Path(__file__).resolve().parents[1]
 
-# Rows of the table, in order, with their display names (the report's).
-METHOD_NAMES = {
-    "weight_averaging": "weight averaging",
-    "task_arithmetic": "task arithmetic",
-    "ties": "TIES",
-    "dare": "DARE",
-    "magmax": "MagMax",
-    "consensus": "consensus",
-    "tsv_m": "TSV-M",
-    "iso_c": "Iso-C",
-    "iso_cts": "Iso-CTS",
-    "lowrank_ta": "low-rank TA",
-    "cart": "CART",
-}
 CART_MUST_BEAT = ("ties", "dare", "magmax", "consensus")
 
 
