@@ -79,3 +79,14 @@ def load_state_dict(path: str | os.PathLike[str], device: str | torch.device = "
         return load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as err:
         raise InputError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def read_safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The header metadata of a safetensors file (empty if it has none), without reading its tensors."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return handle.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise InputError(f"{path}: not a readable safetensors file ({err})") from None

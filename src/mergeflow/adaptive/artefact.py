@@ -8,10 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from mergeflow.adaptive.settings import MethodSettings, settings_from_json, settings_to_json
-from mergeflow.io import InputError, load_state_dict, save_state_dict
+from mergeflow.io import InputError, load_state_dict, read_safetensors_metadata, save_state_dict
 
 _FORMAT = "mergeflow.learned_merge"
 _VERSION = "1"
@@ -46,18 +45,10 @@ def save_learned_merge(path: str | os.PathLike[str], learned: LearnedMerge) -> N
     save_state_dict(path, tensors, metadata)
 
 
-def _read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return handle.metadata() or {}
-    except (SafetensorError, OSError) as err:
-        raise InputError(f"{path}: not a readable safetensors file ({err})") from None
-
-
 def load_learned_merge(path: str | os.PathLike[str]) -> LearnedMerge:
     """Read a file written by `save_learned_merge`; InputError naming the file if it is not one."""
     tensors = load_state_dict(path)
-    metadata = _read_metadata(path)
+    metadata = read_safetensors_metadata(path)
     if metadata.get("format") != _FORMAT or metadata.get("version") != _VERSION:
         raise InputError(f"{path}: not a mergeflow learned-merge file (format {_FORMAT} version {_VERSION})")
     if _COEFFICIENTS not in tensors:

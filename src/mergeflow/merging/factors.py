@@ -12,9 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from safetensors import SafetensorError, safe_open
 
-from mergeflow.io import InputError, load_state_dict, save_state_dict
+from mergeflow.io import InputError, load_state_dict, read_safetensors_metadata, save_state_dict
 from mergeflow.merging.context import load_context, placement_for
 from mergeflow.merging.keys import is_matrix
 from mergeflow.merging.sources import InMemorySource, TensorSource
@@ -85,18 +84,10 @@ def save_task_factors(path: str | os.PathLike[str], factors: TaskFactors) -> Non
     save_state_dict(path, tensors, metadata)
 
 
-def _read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return handle.metadata() or {}
-    except (SafetensorError, OSError) as err:
-        raise InputError(f"{path}: not a readable safetensors file ({err})") from None
-
-
 def load_task_factors(path: str | os.PathLike[str], device: str = "cpu") -> TaskFactors:
     """Read factors written by `save_task_factors`; InputError naming the file if it is not such a file."""
     tensors = load_state_dict(path, device=device)
-    metadata = _read_metadata(path)
+    metadata = read_safetensors_metadata(path)
     if metadata.get("format") != _FORMAT or metadata.get("version") != _VERSION:
         raise InputError(f"{path}: not a mergeflow task-factors file (format {_FORMAT} version {_VERSION})")
     parts: dict[str, dict[str, torch.Tensor]] = {}
