@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from test_tiny_tasks import count_components, crop_to_content, label_components, nearest_class_mean_accuracy
 
 from mergeflow.tiny import TINY_TASKS, generate_images, generate_split
 
@@ -94,46 +95,6 @@ def feret_diameter(mask: np.ndarray) -> np.ndarray:
         points = np.argwhere(m).astype(np.float64)
         diameters[i] = np.sqrt(((points[:, None] - points[None]) ** 2).sum(axis=-1).max())
     return (diameters + 1.0) / mask.shape[1]
-
-
-def label_components(mask: np.ndarray) -> np.ndarray:
-    """4-connected component ids [n, H, W] (0 outside the mask), by propagating the largest pixel id."""
-    n, h, w = mask.shape
-    ids = np.where(mask, np.arange(1, h * w + 1).reshape(1, h, w), 0)
-    while True:
-        p = np.pad(ids, ((0, 0), (1, 1), (1, 1)))
-        spread = np.maximum.reduce([ids, p[:, :-2, 1:-1], p[:, 2:, 1:-1], p[:, 1:-1, :-2], p[:, 1:-1, 2:]])
-        spread = np.where(mask, spread, 0)
-        if np.array_equal(spread, ids):
-            return ids
-        ids = spread
-
-
-def count_components(mask: np.ndarray, min_pixels: int = 1) -> np.ndarray:
-    """Number of 4-connected components of at least `min_pixels` pixels per mask."""
-    ids = label_components(mask)
-    return np.array([(np.unique(m[m > 0], return_counts=True)[1] >= min_pixels).sum() for m in ids])
-
-
-def crop_to_content(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Each mask's bounding box, resampled to `shape`: a translation- and scale-invariant view."""
-    crops = np.zeros((len(mask), *shape))
-    for i, m in enumerate(mask):
-        rows, cols = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
-        r = np.linspace(rows[0], rows[-1], shape[0]).round().astype(int)
-        c = np.linspace(cols[0], cols[-1], shape[1]).round().astype(int)
-        crops[i] = m[np.ix_(r, c)]
-    return crops
-
-
-def nearest_class_mean_accuracy(
-    train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, test_labels: np.ndarray
-) -> float:
-    train, test = train.reshape(len(train), -1), test.reshape(len(test), -1)
-    classes = np.unique(train_labels)
-    means = np.stack([train[train_labels == c].mean(axis=0) for c in classes])
-    distances = ((test[:, None, :] - means[None]) ** 2).sum(axis=-1)
-    return float((classes[distances.argmin(axis=1)] == test_labels).mean())
 
 
 # ---------------------------------------------------------------- one hand-made feature per task
@@ -318,19 +279,6 @@ def test_shape_dtype_and_contrast(name: str, size: int) -> None:
     spread = images.reshape(len(labels), -1).astype(int)
     # Every image shows something, not a blank or flat field.
     assert (spread.max(axis=1) - spread.min(axis=1) > 80).all()
-
-
-@pytest.mark.parametrize("name", NEW_TASKS)
-def test_deterministic_and_seed_dependent(name: str) -> None:
-    first_images, first_labels = generate_split(name, 12, 24, seed=7)
-    again_images, again_labels = generate_split(name, 12, 24, seed=7)
-    assert first_images.tobytes() == again_images.tobytes()
-    np.testing.assert_array_equal(first_labels, again_labels)
-    other = generate_images(name, first_labels, 24, seed=8)
-    # Every image changes with the seed, not just some.
-    assert all(a.tobytes() != b.tobytes() for a, b in zip(first_images, other))
-    # And no two images of a split are the same.
-    assert len({image.tobytes() for image in first_images}) == len(first_images)
 
 
 @pytest.mark.parametrize("name", NEW_TASKS)
