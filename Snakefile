@@ -24,6 +24,18 @@ include: "workflow/rules/merge.smk"
 include: "workflow/rules/report.smk"
 
 
+onstart:
+    start_job_server()
+
+
+onsuccess:
+    stop_job_servers()
+
+
+onerror:
+    stop_job_servers()
+
+
 rule all:
     input:
         final_outputs(),

@@ -179,6 +179,54 @@ def test_gpu_jobs_lease_distinct_devices(finished_run: Path) -> None:
     assert not any("gpu lease" in log.read_text() for log in cpu_only)
 
 
+def test_jobs_are_forked_by_the_job_server(finished_run: Path) -> None:
+    # The server comes up while the first jobs run; every job after the fine-tunes starts from it.
+    late_logs = [*(finished_run / "results/logs/merge_eval").rglob("*.log"),
+                 *(finished_run / "results/logs/evaluate_reference").rglob("*.log")]  # fmt: skip
+    assert len(late_logs) == len(REDUCED_CONFIG["methods"]) + 1
+    for log in late_logs:
+        assert "forked by the mergeflow job server" in log.read_text(), log
+
+
+@pytest.mark.parametrize("precision, tolerance_points", [("fp16", 0.1), ("bf16", 0.5)])
+def test_autocast_accuracy_is_within_tolerance_of_fp32(finished_run: Path, precision: str, tolerance_points: float):
+    """CUDA's default (`auto` = fp16 autocast) within 0.1 points of fp32, on CPU autocast with the trained mini model.
+
+    Each task's test split is redrawn 8× larger than the run's (the run's own is too small to resolve 0.1 points).
+    """
+    import torch
+
+    from mergeflow import merging
+    from mergeflow.evaluate import EvalSettings, StagedImages, predict_staged
+    from mergeflow.heads import load_head
+    from mergeflow.io import load_state_dict
+    from mergeflow.model import load_image_encoder, load_spec
+    from mergeflow.tiny.splits import task_splits
+
+    results = finished_run / "results"
+    model_dir = results / "models/mini-clip"
+    spec = load_spec(model_dir)
+    pretrained = load_state_dict(model_dir / "pretrained.safetensors")
+    finetuned = [load_state_dict(results / f"finetuned/mini-clip/{task}.safetensors") for task in TASKS]
+    merged = merging.merge_direction("cart", pretrained, finetuned, {"rank": 0.25, "lam": 2.0}).at(2.0)
+    data = REDUCED_CONFIG["data"]
+    for weights in (pretrained, merged):
+        visual = load_image_encoder(model_dir, weights)
+        correct = {"fp32": 0, precision: 0}
+        total = 0
+        for task in TASKS:
+            _, (images, labels) = task_splits(task, 0, 8 * data["test_size"], spec.image_size, data["seed"] + 7,
+                                              style=data["domain_style"], shift=data["split_shift"])  # fmt: skip
+            head = load_head(results / f"heads/mini-clip/{task}.safetensors")[0]
+            staged = StagedImages(images, torch.device("cpu"), resident=True)
+            for name in correct:
+                predictions = predict_staged(visual, head, staged, spec, EvalSettings(batch_size=256, precision=name))
+                correct[name] += int((predictions.numpy() == labels).sum())
+            total += len(labels)
+        difference = 100 * abs(correct[precision] - correct["fp32"]) / total
+        assert difference <= tolerance_points, (precision, correct, total)
+
+
 def test_rerun_has_nothing_to_do(finished_run: Path) -> None:
     dry = snakemake(finished_run, "--dry-run")
     assert dry.returncode == 0, dry.stderr[-3000:]

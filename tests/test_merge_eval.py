@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from mergeflow import merging
+from mergeflow.evaluate import EvalSettings
 from mergeflow.io import load_state_dict
-from mergeflow.merge_eval import TaskSplits, make_evaluator, sweep_method
+from mergeflow.merge_eval import SweepEvaluator, TaskSplits, reference_accuracies, sweep_method
 from mergeflow.model import build_clip, load_image_encoder, load_spec, save_model_dir, tiny_clip_spec
 
 ARCH = {
@@ -38,7 +39,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
         split = lambda n: (rng.integers(0, 256, size=(n, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, size=n))  # noqa: E731
         tasks.append((head, split(40), split(30)))
     splits = [TaskSplits(name, head, val, test) for name, (head, val, test) in zip(TASKS, tasks)]
-    evaluate = make_evaluator(load_image_encoder(directory), spec, splits, torch.device("cpu"), batch_size=16)
+    settings = EvalSettings(batch_size=16)
+    evaluate = SweepEvaluator(load_image_encoder(directory), spec, splits, torch.device("cpu"), settings)
     reference = {split: {name: 0.5 for name in TASKS} for split in ("val", "test")}
     return pretrained, finetuned, evaluate, reference
 
@@ -88,3 +90,60 @@ def test_a_variant_entry_runs_its_method_under_its_own_label(setup) -> None:
     assert set(released["method"]) == {"cart@released"}
     same_setting = grid[(grid["rank"] == 0.5) & (grid["lam"] == 2.0) & (grid["split"] == "val")]
     assert released[released["split"] == "val"]["accuracy"].tolist() == same_setting["accuracy"].tolist()
+
+
+def test_in_place_writes_are_the_bytes_of_the_merged_state_dict(setup) -> None:
+    pretrained, finetuned, evaluate, _ = setup
+    cart = merging.merge_direction("cart", pretrained, finetuned, {"rank": 0.5, "lam": 1.0})
+    averaging = merging.merge_direction("weight_averaging", pretrained, finetuned, {})
+    for direction, lam in ((cart, 2.0), (cart, 0.5), (averaging, 0.0), (cart, 3.0)):
+        evaluate.load_direction(direction, lam)
+        expected = direction.at(lam)
+        live = evaluate.visual.state_dict()
+        assert all(torch.equal(live[key], expected[key]) for key in expected), (direction, lam)
+
+
+def test_evaluator_matches_the_host_array_path_and_streaming(setup, tmp_path_factory) -> None:
+    from mergeflow.evaluate import accuracy
+
+    pretrained, finetuned, evaluate, _ = setup
+    direction = merging.merge_direction("task_arithmetic", pretrained, finetuned, {"lam": 0.4})
+    evaluate.load_direction(direction, 0.4)
+    resident = evaluate.accuracies("val")
+    tasks = [TaskSplits(name, evaluate._heads[name], *(_host_split(evaluate, s, name) for s in ("val", "test")))
+             for name in evaluate.task_names]  # fmt: skip
+    streamed = SweepEvaluator(evaluate.visual, evaluate.spec, tasks, torch.device("cpu"),
+                              EvalSettings(batch_size=7, resident_mb=0))  # fmt: skip
+    streamed.load_direction(direction, 0.4)
+    assert streamed.accuracies("val") == resident
+    for task in tasks:
+        images, labels = task.val
+        host = accuracy(evaluate.visual, task.head, images, labels, evaluate.spec, torch.device("cpu"), batch_size=16)
+        assert host == resident[task.name]
+
+
+def _host_split(evaluator: SweepEvaluator, split: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    return evaluator._images[(split, name)].tensor.numpy(), evaluator._labels[(split, name)].numpy()
+
+
+def test_reference_rows_are_zero_shot_everywhere_and_individual_on_own_task(setup) -> None:
+    pretrained, finetuned, evaluate, _ = setup
+    table = reference_accuracies(evaluate, pretrained, finetuned)
+    assert list(table["split"]) == ["val"] * 3 + ["test"] * 3 and list(table["task"]) == list(TASKS) * 2
+    evaluate.load_state_dict(pretrained, "θ_0")
+    for split in ("val", "test"):
+        rows = table[table["split"] == split].set_index("task")
+        assert rows["zeroshot"].to_dict() == evaluate.accuracies(split)
+        for name, weights in zip(TASKS, finetuned):
+            evaluate.load_state_dict(weights, name)
+            assert rows.loc[name, "individual"] == evaluate.accuracies(split, [name])[name]
+        evaluate.load_state_dict(pretrained, "θ_0")
+
+
+def test_a_state_dict_of_another_architecture_is_refused_by_name(setup) -> None:
+    from mergeflow.io import InputError
+
+    pretrained, _, evaluate, _ = setup
+    wrong = dict(pretrained, proj=torch.zeros(3, 3))
+    with pytest.raises(InputError, match=r"θ_bad: key 'proj' has shape \(3, 3\)"):
+        evaluate.load_state_dict(wrong, "θ_bad")

@@ -123,6 +123,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_install_pretrained(args: argparse.Namespace) -> int:
+    from mergeflow.shipped import install_shipped
+
+    install_shipped(args.shipped, args.out)
+    log.info("installed the shipped θ_0 %s → %s (sha256 checked)", args.shipped, args.out)
+    return 0
+
+
 def cmd_fetch_pretrained(args: argparse.Namespace) -> int:
     from mergeflow.pretrained import fetch_pretrained
 
@@ -217,18 +225,27 @@ def _task_splits(args: argparse.Namespace) -> list:
     ]
 
 
+def _evaluator(args: argparse.Namespace, device: object, pretrained: object) -> object:
+    from mergeflow.evaluate import EvalSettings
+    from mergeflow.merge_eval import SweepEvaluator
+    from mergeflow.model import load_image_encoder, load_spec
+
+    settings = EvalSettings(batch_size=args.batch_size, precision=args.precision, resident_mb=args.resident_mb)
+    visual = load_image_encoder(args.model_dir, pretrained)
+    return SweepEvaluator(visual, load_spec(args.model_dir), _task_splits(args), device, settings)
+
+
 def cmd_evaluate_reference(args: argparse.Namespace) -> int:
     from mergeflow.io import atomic_path, load_state_dict
     from mergeflow.merge_eval import reference_accuracies
-    from mergeflow.model import load_image_encoder, load_spec, pretrained_path
+    from mergeflow.model import pretrained_path
 
     _same_length(args, ["tasks", "heads", "data", "finetuned"])
     device = _setup(args)
-    spec = load_spec(args.model_dir)
     pretrained = load_state_dict(pretrained_path(args.model_dir))
-    visual = load_image_encoder(args.model_dir, pretrained)
+    evaluator = _evaluator(args, device, pretrained)
     finetuned = [load_state_dict(path) for path in args.finetuned]
-    table = reference_accuracies(visual, spec, _task_splits(args), pretrained, finetuned, device, args.batch_size)
+    table = reference_accuracies(evaluator, pretrained, finetuned)
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, index=False)
     log.info("reference accuracies:\n%s", table.to_string(index=False))
@@ -240,14 +257,12 @@ def cmd_merge_eval(args: argparse.Namespace) -> int:
 
     from mergeflow import merging
     from mergeflow.io import atomic_path, load_state_dict
-    from mergeflow.merge_eval import make_evaluator, sweep_method
-    from mergeflow.model import load_image_encoder, load_spec, pretrained_path
+    from mergeflow.merge_eval import sweep_method
+    from mergeflow.model import pretrained_path
 
     _same_length(args, ["tasks", "heads", "data", "finetuned"])
     device = _setup(args)
-    spec = load_spec(args.model_dir)
     pretrained = load_state_dict(pretrained_path(args.model_dir))
-    visual = load_image_encoder(args.model_dir, pretrained)
     reference_table = pd.read_csv(args.reference)
     reference = {
         split: dict(zip(group["task"], group["individual"])) for split, group in reference_table.groupby("split")
@@ -255,7 +270,7 @@ def cmd_merge_eval(args: argparse.Namespace) -> int:
     missing = [t for t in args.tasks if t not in reference.get("val", {}) or t not in reference.get("test", {})]
     if missing:
         raise InputError(f"{args.reference}: no val/test rows for tasks {missing}")
-    evaluate = make_evaluator(visual, spec, _task_splits(args), device, args.batch_size)
+    evaluator = _evaluator(args, device, pretrained)
     finetuned = [load_state_dict(path) for path in args.finetuned]
     factors = merging.load_task_factors(args.factors, device=str(device)) if args.factors else None
     rows = sweep_method(
@@ -263,7 +278,7 @@ def cmd_merge_eval(args: argparse.Namespace) -> int:
         args.grid,
         pretrained,
         finetuned,
-        evaluate,
+        evaluator,
         reference,
         factors=factors,
         device=str(device),
@@ -341,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model directory")
     p.set_defaults(func=cmd_fetch_pretrained)
 
+    p = sub.add_parser("install-pretrained", help="copy a shipped tiny θ_0 (checked against its recipe's sha256)")
+    p.add_argument("--shipped", required=True, help="shipped directory: model.json, *.safetensors, recipe.json")
+    p.add_argument("--out", required=True, help="model directory")
+    p.set_defaults(func=cmd_install_pretrained)
+
     p = sub.add_parser("fetch-finetuned", help="download or copy one task's fine-tuned image encoder")
     p.add_argument("--source", type=_json_arg, required=True, help="JSON object: the config's `finetuned` block")
     p.add_argument("--model", required=True, help="open_clip model name, e.g. ViT-B-32")
@@ -406,7 +426,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--heads", nargs="+", required=True, help="one head file per task, in --tasks order")
         p.add_argument("--data", nargs="+", required=True, help="one prepared task directory per task")
         p.add_argument("--finetuned", nargs="+", required=True, help="one fine-tuned image encoder per task")
-        p.add_argument("--batch-size", type=int, default=256)
+        p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+        p.add_argument(
+            "--precision",
+            choices=("auto", "fp32", "fp16", "bf16"),
+            default="auto",
+            help="autocast precision; auto: fp16 on CUDA, fp32 on the CPU (config: evaluation.precision)",
+        )
+        p.add_argument(
+            "--resident-mb",
+            type=float,
+            default=4096.0,
+            help="MiB of uint8 images kept on the device between sweep points; the rest is streamed",
+        )
         p.add_argument("--out", required=True, help="CSV file")
         if name == "merge-eval":
             p.add_argument("--method", required=True)
@@ -441,9 +473,18 @@ def _log_job_context() -> None:
     import os
     import socket
 
+    from mergeflow import launcher
+
     slurm_job = os.environ.get("SLURM_JOB_ID")
     if slurm_job:
         log.info("host %s, SLURM_JOB_ID=%s", socket.gethostname(), slurm_job)
+    elif launcher.forked_by_server is not None:
+        log.info(
+            "host %s, forked by the mergeflow job server as pid %d (server pid %d)",
+            socket.gethostname(),
+            os.getpid(),
+            launcher.forked_by_server,
+        )
     else:
         log.info("host %s", socket.gethostname())
 

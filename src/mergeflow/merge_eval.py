@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,9 +12,9 @@ import torch
 from tqdm import tqdm
 
 from mergeflow import merging
-from mergeflow.evaluate import accuracy
+from mergeflow.evaluate import EvalSettings, predict_staged, stage_splits
 from mergeflow.method_entries import base_method, factor_kind
-from mergeflow.model import ModelSpec, load_weights
+from mergeflow.model import ModelSpec, check_weights
 from mergeflow.selection import as_rows, expand_grid, mark_selection, selected_settings, setting_key, sweep_axis_of
 from mergeflow.types import StateDict
 
@@ -29,58 +29,96 @@ class TaskSplits:
     test: tuple[np.ndarray, np.ndarray]
 
 
-Evaluator = Callable[[StateDict, str], dict[str, float]]
-
 EVAL_SPLITS = ("val", "test")
 
 
-def make_evaluator(
-    visual: torch.nn.Module, spec: ModelSpec, tasks: Sequence[TaskSplits], device: torch.device, batch_size: int
-) -> Evaluator:
-    """A function (image-encoder state dict, split) → accuracy per task, reusing one module."""
+class SweepEvaluator:
+    """Accuracy per task of one image encoder whose weights are overwritten in place for every setting.
 
-    def evaluate(state_dict: StateDict, split: str) -> dict[str, float]:
-        load_weights(visual, state_dict, "merged state dict")
-        visual.to(device)
+    The module lives on the device for the whole job; each task's splits are staged there once (val first,
+    as a sweep evaluates val at every point), and a merge is written as origin + λ·delta straight into the
+    module's own parameters, never as a rebuilt module or a host-side state-dict copy.
+    """
+
+    def __init__(
+        self,
+        visual: torch.nn.Module,
+        spec: ModelSpec,
+        tasks: Sequence[TaskSplits],
+        device: torch.device,
+        settings: EvalSettings,
+    ) -> None:
+        self.visual = visual.to(device).eval()
+        self.spec = spec
+        self.settings = settings
+        self.device = device
+        self.task_names = [task.name for task in tasks]
+        self._tensors = dict(visual.state_dict(keep_vars=True))
+        self._heads = {task.name: task.head.to(device) for task in tasks}
+        arrays = [getattr(task, split)[0] for split in EVAL_SPLITS for task in tasks]
+        staged = iter(stage_splits(arrays, device, settings.resident_mb))
+        self._images = {(split, task.name): next(staged) for split in EVAL_SPLITS for task in tasks}
+        self._labels = {
+            (split, task.name): torch.as_tensor(np.asarray(getattr(task, split)[1], dtype=np.int64), device=device)
+            for split in EVAL_SPLITS
+            for task in tasks
+        }
+        self._direction: merging.MergeDirection | None = None
+
+    @torch.no_grad()
+    def load_state_dict(self, state_dict: StateDict, source: str) -> None:
+        """Copy a whole state dict into the module (keys and shapes checked against it)."""
+        check_weights(self._tensors, state_dict, source)
+        for key, tensor in self._tensors.items():
+            tensor.copy_(state_dict[key])
+        self._direction = None
+
+    @torch.no_grad()
+    def load_direction(self, direction: merging.MergeDirection, lam: float) -> None:
+        """Write origin + lam·delta into the module; keys without a delta are written once per direction."""
+        first_use = direction is not self._direction
+        if first_use:
+            check_weights(self._tensors, direction.origin, "merged state dict")
+        direction.write_into(self._tensors, lam, only_delta_keys=not first_use)
+        self._direction = direction
+
+    def accuracies(self, split: str, tasks: Sequence[str] | None = None) -> dict[str, float]:
+        """Top-1 accuracy of the loaded weights on `split` of each task (all tasks by default)."""
         results = {}
-        for task in tasks:
-            images, labels = getattr(task, split)
-            results[task.name] = accuracy(visual, task.head, images, labels, spec, device, batch_size)
+        for name in tasks if tasks is not None else self.task_names:
+            labels = self._labels[(split, name)]
+            if len(labels) == 0:
+                raise ValueError(f"task {name!r}: cannot measure accuracy on an empty {split} split")
+            predictions = predict_staged(self.visual, self._heads[name], self._images[(split, name)], self.spec,
+                                         self.settings)  # fmt: skip
+            results[name] = int((predictions == labels).sum()) / len(labels)
         return results
-
-    return evaluate
 
 
 def reference_accuracies(
-    visual: torch.nn.Module,
-    spec: ModelSpec,
-    tasks: Sequence[TaskSplits],
-    pretrained: StateDict,
-    finetuned: Sequence[StateDict],
-    device: torch.device,
-    batch_size: int,
+    evaluator: SweepEvaluator, pretrained: StateDict, finetuned: Sequence[StateDict]
 ) -> pd.DataFrame:
     """Zero-shot (θ_0 on every task) and individual (θ_t on task t only) accuracy per task and split.
 
-    Columns task, split, zeroshot, individual; val rows first, tasks in the given order.
+    Columns task, split, zeroshot, individual; val rows first, tasks in the evaluator's order.
     """
-    zeroshot = make_evaluator(visual, spec, tasks, device, batch_size)
-    zeroshot_by_split = {split: zeroshot(pretrained, split) for split in EVAL_SPLITS}
+    evaluator.load_state_dict(pretrained, "pretrained state dict")
+    zeroshot_by_split = {split: evaluator.accuracies(split) for split in EVAL_SPLITS}
     individual_by_split: dict[str, dict[str, float]] = {split: {} for split in EVAL_SPLITS}
-    for task, weights in zip(tasks, finetuned):
-        own_task = make_evaluator(visual, spec, [task], device, batch_size)
+    for name, weights in zip(evaluator.task_names, finetuned):
+        evaluator.load_state_dict(weights, f"fine-tuned state dict of {name!r}")
         for split in EVAL_SPLITS:
-            individual_by_split[split][task.name] = own_task(weights, split)[task.name]
+            individual_by_split[split][name] = evaluator.accuracies(split, [name])[name]
     return pd.DataFrame(
         [
             {
-                "task": task.name,
+                "task": name,
                 "split": split,
-                "zeroshot": zeroshot_by_split[split][task.name],
-                "individual": individual_by_split[split][task.name],
+                "zeroshot": zeroshot_by_split[split][name],
+                "individual": individual_by_split[split][name],
             }
             for split in EVAL_SPLITS
-            for task in tasks
+            for name in evaluator.task_names
         ]
     )
 
@@ -94,7 +132,7 @@ def sweep_method(
     grid: Mapping[str, Any],
     pretrained: StateDict,
     finetuned: Sequence[StateDict],
-    evaluate: Evaluator,
+    evaluator: SweepEvaluator,
     reference: Mapping[str, Mapping[str, float]],
     *,
     factors: merging.TaskFactors | None = None,
@@ -117,24 +155,25 @@ def sweep_method(
 
     directions: dict[str, merging.MergeDirection] = {}
 
-    def merged(setting: Mapping[str, Any]) -> StateDict:
+    def evaluate(setting: Mapping[str, Any], split: str) -> dict[str, float]:
         key = setting_key(_without_lam(setting))
         if key not in directions:
             directions.clear()  # grid order groups lam values together; keep one direction in memory
             directions[key] = merging.merge_direction(
                 registry_name, pretrained, finetuned, setting, factors=factors, device=device
             )
-        return directions[key].at(float(setting.get("lam", 0.0)))
+        evaluator.load_direction(directions[key], float(setting.get("lam", 0.0)))
+        return evaluator.accuracies(split)
 
     rows: list[dict[str, Any]] = []
     by_key = {}
     for setting in tqdm(_lam_innermost(settings), desc=f"{method} val grid", disable=not progress):
         by_key[setting_key(setting)] = setting
-        rows += as_rows(method, setting, "val", evaluate(merged(setting), "val"), reference["val"])
+        rows += as_rows(method, setting, "val", evaluate(setting, "val"), reference["val"])
     val_rows = pd.DataFrame(rows)
     best, best_at_sweep = selected_settings(val_rows, sweep_axis_of(grid))
     for key in [k for k in by_key if k in best_at_sweep | {best}]:
-        rows += as_rows(method, by_key[key], "test", evaluate(merged(by_key[key]), "test"), reference["test"])
+        rows += as_rows(method, by_key[key], "test", evaluate(by_key[key], "test"), reference["test"])
     return mark_selection(pd.DataFrame(rows), best, best_at_sweep)
 
 

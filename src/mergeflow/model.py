@@ -148,9 +148,8 @@ def load_spec(model_dir: str | os.PathLike[str]) -> ModelSpec:
     return ModelSpec.from_json(read_json(path), str(path))
 
 
-def load_weights(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load strictly, reporting missing/unexpected keys and shape mismatches with the file name."""
-    expected = module.state_dict()
+def check_weights(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise InputError naming `source` when keys or shapes differ from the module's `expected` tensors."""
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
     if missing or unexpected:
@@ -164,6 +163,11 @@ def load_weights(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]
                 f"{source}: key {key!r} has shape {tuple(state_dict[key].shape)}, "
                 f"the architecture expects {tuple(tensor.shape)}"
             )
+
+
+def load_weights(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load strictly, reporting missing/unexpected keys and shape mismatches with the file name."""
+    check_weights(module.state_dict(), state_dict, source)
     module.load_state_dict(state_dict, strict=True)
 
 
@@ -195,8 +199,12 @@ def load_clip(model_dir: str | os.PathLike[str]) -> tuple[ModelSpec, torch.nn.Mo
 
 def images_to_tensor(images: np.ndarray, spec: ModelSpec, device: torch.device) -> torch.Tensor:
     """uint8 NHWC images → normalised float NCHW tensor on `device`."""
-    batch = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    return normalise_images(torch.from_numpy(np.ascontiguousarray(images)).to(device), spec)
+
+
+def normalise_images(batch: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """uint8 NHWC tensor → normalised float NCHW tensor on the same device."""
     batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(spec.image_mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(spec.image_std, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(spec.image_mean, device=batch.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.image_std, device=batch.device).view(1, 3, 1, 1)
     return (batch - mean) / std

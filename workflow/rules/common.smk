@@ -2,8 +2,9 @@
 # models, heads and fine-tuned encoders by model; evaluations and tables by model and benchmark.
 import json
 import os
+import sys
 
-from mergeflow.job_resources import job_resources
+from mergeflow.job_resources import grid_points, job_resources
 from mergeflow.method_entries import factor_kind
 
 MODEL = config["model"]["name"]
@@ -74,6 +75,50 @@ def scaled(rule_name, key):
     return value
 
 
+def shipped_pretrained():
+    """The shipped θ_0 directory (`model.shipped`) when its recipe is this config's, else None (pre-train)."""
+    shipped = config["model"].get("shipped")
+    if MODEL_SOURCE != "pretrain" or not shipped:
+        return None
+    from mergeflow.shipped import unmatched_settings
+
+    directory = shipped if os.path.isabs(shipped) else os.path.join(workflow.basedir, shipped)
+    differences = unmatched_settings(directory, config)
+    if differences:
+        print(f"θ_0: pre-training, as the config differs from the shipped {shipped} in {differences}", file=sys.stderr)
+        return None
+    return directory
+
+
+SHIPPED_PRETRAINED = shipped_pretrained()
+
+
+def evaluation_flags():
+    evaluation = config["evaluation"]
+    return (
+        f"--batch-size {evaluation['batch_size']} --precision {evaluation.get('precision', 'auto')}"
+        f" --resident-mb {evaluation.get('resident_mb', 4096)}"
+    )
+
+
+# One warm process forks every job of a local run (mergeflow.job_server); cluster jobs start on their own.
+JOB_SERVERS = []
+
+
+def start_job_server():
+    if config.get("job_server", True) and workflow.local_exec and not workflow.remote_exec:
+        from mergeflow.job_server import start
+
+        JOB_SERVERS.append(start())
+
+
+def stop_job_servers():
+    from mergeflow.job_server import stop_server
+
+    while JOB_SERVERS:
+        stop_server(JOB_SERVERS.pop())
+
+
 def device_flag():
     return f"--device {config.get('device', 'auto')}"
 
@@ -125,6 +170,11 @@ def task_flags():
         f"--data {' '.join(data_dir(t) for t in TASKS)} "
         f"--finetuned {' '.join(finetuned_path(t) for t in TASKS)}"
     )
+
+
+def sweep_points(method):
+    """How many settings the method's grid evaluates on val."""
+    return grid_points(config["methods"][method])
 
 
 def factor_inputs(wildcards):

@@ -7,7 +7,7 @@ rule evaluate_reference:
         f"{SUITE}/eval/reference.csv",
     params:
         tasks=task_flags(),
-        batch_size=config["evaluation"]["batch_size"],
+        evaluation=evaluation_flags(),
         device=device_flag(),
     threads: 1
     resources:
@@ -21,5 +21,5 @@ rule evaluate_reference:
     benchmark:
         benchmark_path("evaluate_reference", f"{BENCHMARK}/{MODEL}")
     shell:
-        "mergeflow evaluate-reference {params.tasks} --batch-size {params.batch_size}"
+        "mergeflow evaluate-reference {params.tasks} {params.evaluation}"
         " --out {output} --threads {threads} {params.device} > {log} 2>&1"

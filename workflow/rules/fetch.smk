@@ -1,5 +1,6 @@
 # θ_0 and the text tower: open_clip's published weights for real models, a short contrastive
-# pre-training for the embedded tiny model. Both write the same model directory.
+# pre-training for the embedded tiny model, or the shipped result of that pre-training when the config is
+# its recipe (mergeflow.shipped). All write the same model directory.
 if MODEL_SOURCE == "open_clip":
 
     rule fetch_pretrained:
@@ -25,6 +26,31 @@ if MODEL_SOURCE == "open_clip":
         shell:
             "mergeflow fetch-pretrained --model {params.open_clip[name]} --pretrained {params.open_clip[pretrained]}"
             " --image-size {params.image_size} {params.cache} --out {params.out_dir} > {log} 2>&1"
+
+elif SHIPPED_PRETRAINED:
+
+    rule install_pretrained:
+        input:
+            [f"{SHIPPED_PRETRAINED}/{name}" for name in ("recipe.json", "model.json", "text.safetensors", "pretrained.safetensors")],
+        output:
+            image_encoder=f"{RESULTS}/models/{{model}}/pretrained.safetensors",
+            text=f"{RESULTS}/models/{{model}}/text.safetensors",
+            description=f"{RESULTS}/models/{{model}}/model.json",
+        params:
+            out_dir=lambda wildcards, output: os.path.dirname(output.image_encoder),
+            shipped=SHIPPED_PRETRAINED,
+        threads: 1
+        resources:
+            mem_mb=scaled("pretrain", "mem_mb"),
+            runtime=scaled("pretrain", "runtime"),
+        conda:
+            "../../envs/mergeflow.yaml"
+        log:
+            log_path("install_pretrained", "{model}"),
+        benchmark:
+            benchmark_path("install_pretrained", "{model}")
+        shell:
+            "mergeflow install-pretrained --shipped {params.shipped} --out {params.out_dir} > {log} 2>&1"
 
 else:
 

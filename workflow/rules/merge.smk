@@ -35,9 +35,11 @@ rule merge_eval:
         tasks=task_flags(),
         grid=lambda wildcards: as_json(config["methods"][wildcards.method]),
         factors=lambda wildcards, input: f"--factors {input.factors}" if "factors" in input.keys() else "",
-        batch_size=config["evaluation"]["batch_size"],
+        evaluation=evaluation_flags(),
         device=device_flag(),
     threads: 1
+    # The longest sweeps start first, so that the short ones fill the other cores instead of trailing alone.
+    priority: lambda wildcards: sweep_points(wildcards.method)
     resources:
         gpu=GPUS_PER_JOB,
         mem_mb=scaled("merge_eval", "mem_mb"),
@@ -50,5 +52,5 @@ rule merge_eval:
         benchmark_path("merge_eval", f"{BENCHMARK}/{MODEL}/{{method}}")
     shell:
         "mergeflow merge-eval --method {wildcards.method} --grid {params.grid:q} {params.tasks} {params.factors}"
-        " --reference {input.reference} --batch-size {params.batch_size}"
+        " --reference {input.reference} {params.evaluation}"
         " --out {output} --threads {threads} {params.device} > {log} 2>&1"

@@ -50,6 +50,22 @@ class MergeDirection:
         """origin + lam·delta as new tensors with the pretrained dtypes."""
         return {key: combine(origin, self.delta.get(key), lam, self.dtypes[key]) for key, origin in self.origin.items()}
 
+    @torch.no_grad()
+    def write_into(self, targets: Mapping[str, torch.Tensor], lam: float, *, only_delta_keys: bool = False) -> None:
+        """Overwrite `targets[key]` (e.g. a module's live parameters) with origin + lam·delta, the bytes of `at`.
+
+        Keys without a delta do not depend on lam: `only_delta_keys` skips them when they are already written.
+        """
+        for key, origin in self.origin.items():
+            delta = self.delta.get(key)
+            if delta is None and only_delta_keys:
+                continue
+            target = targets[key]
+            if delta is not None and origin.dtype == target.dtype == self.dtypes[key] == delta.dtype:
+                torch.add(origin, delta, alpha=lam, out=target)
+            else:
+                target.copy_(combine(origin, delta, lam, self.dtypes[key]))
+
 
 def lam_of(hparams: Mapping[str, Any]) -> float:
     """The λ a resolved merge applies; methods without one have no delta, so any value does."""
