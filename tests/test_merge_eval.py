@@ -147,3 +147,17 @@ def test_a_state_dict_of_another_architecture_is_refused_by_name(setup) -> None:
     wrong = dict(pretrained, proj=torch.zeros(3, 3))
     with pytest.raises(InputError, match=r"θ_bad: key 'proj' has shape \(3, 3\)"):
         evaluate.load_state_dict(wrong, "θ_bad")
+
+
+def test_a_direction_without_delta_is_evaluated_once_per_split(setup, monkeypatch) -> None:
+    pretrained, finetuned, evaluate, reference = setup
+    calls = []
+    original = SweepEvaluator.accuracies
+    monkeypatch.setattr(SweepEvaluator, "accuracies", lambda self, split, tasks=None: calls.append(split) or
+                        original(self, split, tasks))  # fmt: skip
+    grid = {"rank": [0.0, 0.5], "lam": [1.0, 2.0, 3.0]}
+    rows = sweep_method("cart", grid, pretrained, finetuned, evaluate, reference, progress=False)
+    # rank 0 is θ_avg at every lam: one val pass instead of three; rank 0.5 needs all three
+    assert calls.count("val") == 1 + 3 and calls.count("test") == 2
+    at_rank_zero = rows[(rows["rank"] == 0.0) & (rows["split"] == "val")]
+    assert at_rank_zero.groupby("task")["accuracy"].nunique().eq(1).all() and at_rank_zero["lam"].nunique() == 3

@@ -54,7 +54,7 @@ def test_install_copies_files_that_load_as_the_configured_architecture(tmp_path:
     expected = tiny_clip_spec("tiny-clip", config("config.yaml")["model"]["architecture"])
     assert spec.open_clip_config == expected.open_clip_config
     assert clip.visual.transformer.width == 128 and len(clip.visual.transformer.resblocks) == 4
-    assert float(clip.logit_scale.detach()) != float(torch.log(torch.tensor(1 / 0.07)))  # trained, not the initial value
+    assert float(clip.logit_scale.detach()) != float(torch.log(torch.tensor(1 / 0.07)))  # trained, not initial
 
 
 def test_a_corrupt_file_is_refused_by_name_and_nothing_is_installed(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -90,3 +91,12 @@ def read_safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
             return handle.metadata() or {}
     except (SafetensorError, OSError) as err:
         raise InputError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks (checkpoints are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()

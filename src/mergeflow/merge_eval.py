@@ -154,6 +154,8 @@ def sweep_method(
         factors = merging.compute_task_factors(pretrained, finetuned, centered=centered, device=device)
 
     directions: dict[str, merging.MergeDirection] = {}
+    # A direction without delta (cart at rank 0 or 1: θ_avg for every lam) is the same model at every lam.
+    lam_free_results: dict[tuple[str, str], dict[str, float]] = {}
 
     def evaluate(setting: Mapping[str, Any], split: str) -> dict[str, float]:
         key = setting_key(_without_lam(setting))
@@ -162,8 +164,14 @@ def sweep_method(
             directions[key] = merging.merge_direction(
                 registry_name, pretrained, finetuned, setting, factors=factors, device=device
             )
-        evaluator.load_direction(directions[key], float(setting.get("lam", 0.0)))
-        return evaluator.accuracies(split)
+        direction = directions[key]
+        if not direction.delta and (key, split) in lam_free_results:
+            return lam_free_results[(key, split)]
+        evaluator.load_direction(direction, float(setting.get("lam", 0.0)))
+        results = evaluator.accuracies(split)
+        if not direction.delta:
+            lam_free_results[(key, split)] = results
+        return results
 
     rows: list[dict[str, Any]] = []
     by_key = {}

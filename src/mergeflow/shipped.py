@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mergeflow.io import InputError, atomic_path, read_json, write_json
+from mergeflow.io import InputError, atomic_path, read_json, sha256_file, write_json
 
 RECIPE_FILE = "recipe.json"
 # pretrained.safetensors last: it is the model directory's completion marker.
@@ -60,8 +60,6 @@ def unmatched_settings(directory: str | os.PathLike[str], config: Mapping[str, A
 
 def install_shipped(directory: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
     """Copy a shipped model directory to `out` after checking every file against the recipe's sha256."""
-    from mergeflow.checkpoints.record import sha256_file
-
     source = Path(directory)
     expected = read_recipe(source)["sha256"]
     for name in MODEL_FILES:
@@ -86,8 +84,6 @@ def install_shipped(directory: str | os.PathLike[str], out: str | os.PathLike[st
 def ship(model_dir: str | os.PathLike[str], directory: str | os.PathLike[str], settings: Mapping[str, Any],
          made_with: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
     """Write a pre-trained model directory and its recipe into `directory`; returns the recipe."""
-    from mergeflow.checkpoints.record import sha256_file
-
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     for name in MODEL_FILES:

@@ -109,7 +109,8 @@ def start_job_server():
     if config.get("job_server", True) and workflow.local_exec and not workflow.remote_exec:
         from mergeflow.job_server import start
 
-        JOB_SERVERS.append(start())
+        # Waiting (about 5 s, once) lets every job of the run be forked, the first ones included.
+        JOB_SERVERS.append(start(timeout_s=60))
 
 
 def stop_job_servers():

@@ -7,7 +7,6 @@ hashed, then the sidecar (which carries that hash) is written, and only then is 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,18 +14,9 @@ from typing import Any
 
 import torch
 
-from mergeflow.io import InputError, save_state_dict, write_json
+from mergeflow.io import InputError, save_state_dict, sha256_file, write_json
 
 SUFFIX = ".safetensors"
-
-
-def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in chunks (checkpoints are hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def sidecar_path(out: str | os.PathLike[str]) -> Path:
