@@ -65,14 +65,30 @@ def grid_points(grid: dict) -> int:
     return math.prod(len(v) if isinstance(v, list) else 1 for v in grid.values())
 
 
+ADAPTIVE = ("adamerging", "adamerging_cart", "adarank")
+ADAPTIVE_DEFAULT_STEPS = {"adamerging": 500, "adamerging_cart": 500, "adarank": 10000}
+
+
 def passes(config: dict) -> tuple[int, int]:
-    """(val passes, test passes) of evaluate_reference and every merge_eval job of a config."""
+    """(val passes, test passes) of evaluate_reference and every merge_eval and adapt_eval job of a config."""
     val, test = 2, 2
-    for grid in config["methods"].values():
-        val += grid_points(grid)
+    for entry, grid in config["methods"].items():
+        adaptive = entry.split("@")[0] in ADAPTIVE
+        val += 1 if adaptive else grid_points(grid)
         ranks = grid.get("rank")
-        test += len(ranks) if isinstance(ranks, list) else 1
+        test += len(ranks) if isinstance(ranks, list) and not adaptive else 1
     return val, test
+
+
+def adaptation_images(config: dict) -> int:
+    """Forward-pass equivalents of every adapt_eval job: steps × tasks × batch, × 3 for forward and backward."""
+    total = 0
+    for entry, settings in config["methods"].items():
+        name = entry.split("@")[0]
+        if name in ADAPTIVE:
+            steps = settings.get("steps", ADAPTIVE_DEFAULT_STEPS[name])
+            total += 3 * steps * len(config["tasks"]) * settings.get("batch_size", 16)
+    return total
 
 
 def images_per_pass(tasks: list[str]) -> tuple[int, int]:
@@ -85,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tflops", type=float, default=200.0, help="assumed sustained TFLOP/s of one GPU")
     args = parser.parse_args(argv)
     print("| config | val passes | test passes | val images/pass | test images/pass | images evaluated "
-          "| GFLOP/image | projected GPU hours |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+          "| adaptation (forward-equivalent images) | GFLOP/image | projected GPU hours |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     paths = (REPO / "config" / "paper").glob("*.yaml")
     configs = [yaml.safe_load(path.read_text()) | {"file": path.stem} for path in paths]
     configs.sort(key=lambda c: (list(ARCHITECTURES).index(c["model"]["open_clip"]["name"]), len(c["tasks"])))
@@ -95,9 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         val_passes, test_passes = passes(config)
         val_images, test_images = images_per_pass(config["tasks"])
         total = val_passes * val_images + test_passes * test_images
-        hours = total * forward_gflops(model) / (args.tflops * 1e3) / 3600
+        adaptation = adaptation_images(config)
+        hours = (total + adaptation) * forward_gflops(model) / (args.tflops * 1e3) / 3600
         print(f"| {config['file']} | {val_passes} | {test_passes} | {val_images:,} | {test_images:,} "
-              f"| {total / 1e6:.1f} M | {forward_gflops(model):.1f} | {hours:.2f} |")  # fmt: skip
+              f"| {total / 1e6:.1f} M | {adaptation / 1e6:.1f} M | {forward_gflops(model):.1f} "
+              f"| {hours:.2f} |")  # fmt: skip
     print(f"\nGPU hours at an assumed {args.tflops:g} TFLOP/s sustained (projected from FLOPs, not measured).")
     return 0
 

@@ -45,6 +45,7 @@ REDUCTIONS = {
         "task_arithmetic": {"lam": [0.3, 0.6]},
         "lowrank_ta": {"rank": RANKS, "lam": [0.3, 0.6]},
         "cart": {"rank": RANKS, "lam": [1.0, 2.0]},
+        "adamerging_cart": {"rank": "selected", "lam": "selected", "steps": 3, "batch_size": 8, "lr": 0.01},
     },
 }
 
@@ -63,7 +64,7 @@ REDUCED_CONFIG = deep_update(yaml.safe_load((REPO / "config" / "config.yaml").re
 # As on a 2-GPU workstation: two GPU jobs at a time, each leasing one of the devices "0" and "1" (this machine
 # has no GPU, so the jobs then run on the CPU, but the leases are real).
 GPU_DEVICES = ("0", "1")
-GPU_RULES = ("pretrain", "build_head", "finetune", "evaluate_reference", "decompose", "merge_eval")
+GPU_RULES = ("pretrain", "build_head", "finetune", "evaluate_reference", "decompose", "merge_eval", "adapt_eval")
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -117,8 +118,8 @@ def test_every_artefact_exists(finished_run: Path) -> None:
     leftovers = [str(p) for p in results.rglob("*.tmp")]
     assert leftovers == []
     logs = list((results / "logs").rglob("*.log"))
-    # pretrain; prepare_data, build_head, finetune per task; evaluate_reference; decompose x 2; merge_eval per
-    # method; aggregate, lambda_rank (cart), spectrum.
+    # pretrain; prepare_data, build_head, finetune per task; evaluate_reference; decompose x 2; merge_eval or
+    # adapt_eval per method; aggregate, lambda_rank (cart), spectrum.
     assert len(logs) == 1 + 3 * len(TASKS) + 1 + 2 + len(REDUCED_CONFIG["methods"]) + 3
 
 
@@ -179,9 +180,31 @@ def test_gpu_jobs_lease_distinct_devices(finished_run: Path) -> None:
     assert not any("gpu lease" in log.read_text() for log in cpu_only)
 
 
+def test_the_adaptive_job_starts_from_carts_selection_and_reports_in_its_own_group(finished_run: Path) -> None:
+    from mergeflow.adaptive import load_learned_merge
+
+    eval_dir = suite(finished_run) / "eval"
+    cart = pd.read_csv(eval_dir / "cart.csv")
+    val = cart[(cart["split"] == "val") & (cart["rank"] > 0)]
+    scores = val.groupby("setting", sort=False)["normalized_accuracy"].mean()
+    chosen = val[val["setting"] == scores.idxmax()].iloc[0]
+    learned = load_learned_merge(eval_dir / "adamerging_cart.learned.safetensors")
+    assert (learned.settings.rank, learned.settings.lam, learned.settings.steps) == (chosen["rank"], chosen["lam"], 3)
+    assert learned.coefficients.shape[0] == len(TASKS) and not learned.coefficients.eq(chosen["lam"]).all()
+    curve = pd.read_csv(eval_dir / "adamerging_cart.entropy.csv")
+    assert list(curve.columns) == ["step", *TASKS, "total"] and list(curve["step"]) == [0, 1, 2]
+    assert curve["total"].to_numpy() == pytest.approx(curve[TASKS].sum(axis=1).to_numpy())
+    markdown = (suite(finished_run) / "tables" / "main.md").read_text()
+    rows = [line.split(" | ")[0].lstrip("| ") for line in markdown.splitlines() if line.startswith("| ")]
+    assert rows[rows.index("*test-time adaptation*") + 1] == "AdaMerging + CART"
+    assert rows.index("*test-time adaptation*") > rows.index("CART")
+    assert "labels are never read during adaptation" in markdown
+
+
 def test_jobs_are_forked_by_the_job_server(finished_run: Path) -> None:
     # The server comes up while the first jobs run; every job after the fine-tunes starts from it.
     late_logs = [*(finished_run / "results/logs/merge_eval").rglob("*.log"),
+                 *(finished_run / "results/logs/adapt_eval").rglob("*.log"),
                  *(finished_run / "results/logs/evaluate_reference").rglob("*.log")]  # fmt: skip
     assert len(late_logs) == len(REDUCED_CONFIG["methods"]) + 1
     for log in late_logs:

@@ -95,20 +95,21 @@ def test_the_largest_paper_dag_builds_with_every_real_source(tmp_path):
         "decompose": 2,
         "evaluate_reference": 1,
         "merge_eval": 12,
+        "adapt_eval": 3,
         "lambda_rank": 1,
         "spectrum": 1,
         "aggregate": 1,
         "all": 1,
-        "total": 80,
+        "total": 83,
     }
     assert "mergeflow fetch-pretrained --model ViT-L-14 --pretrained openai --image-size 224" in output
     assert "mergeflow prepare-data --source huggingface --task EMNIST --image-size 224" in output
     assert "--emnist-split digits" in output
     assert "results/paper20/ViT-L-14/eval/cart@released.csv" in output
     assert "--method cart@released" in output
-    # GPU jobs (heads, SVD, evaluations) ask for one GPU each; downloads, data and tables for none.
+    # GPU jobs (heads, SVD, evaluations, adaptations) ask for one GPU each; downloads, data and tables for none.
     requests = re.findall(r"^\s+resources: (.*)$", output, re.MULTILINE)
-    assert sum("gpu=1" in line for line in requests) == 20 + 2 + 1 + 12
+    assert sum("gpu=1" in line for line in requests) == 20 + 2 + 1 + 12 + 3
     assert all("mem_mb=" in line and "runtime=" in line for line in requests if "gpu=1" in line)
 
 

@@ -426,3 +426,25 @@ def test_variant_entries_get_their_own_display_name():
     assert display_name("cart") == "CART"
     assert display_name("cart@released") == "CART (released)"
     assert display_name("new_method@x") == "new_method (x)"
+
+
+def test_adaptive_methods_form_their_own_group_with_the_no_labels_note(inputs: dict[str, Path], tmp_path: Path):
+    setting = _setting(steps=50)
+    rows = _method_rows("adamerging", {setting: [0.71, 0.66, 0.86]}, {setting: [0.73, 0.65, 0.85]}, setting,
+                        [setting], {setting: {}})  # fmt: skip
+    adaptive = _write_csv(tmp_path / "adamerging.csv", rows)
+    paths = method_paths(inputs)
+    results = load_method_results([paths[0], adaptive, *paths[1:]])  # listed second, shown after every static merge
+    table = main_table(load_reference(inputs["reference"]), results, TASKS)
+    expected = ["zero-shot", "individual", "weight averaging", "task arithmetic", "CART", "low-rank TA", "AdaMerging"]
+    assert list(table.loc[table["metric"] == "accuracy", "method"]) == expected
+    assert _row(table, "accuracy", "AdaMerging")["average"] == pytest.approx((73 + 65 + 85) / 3)
+    csv, markdown, latex = write_main_table(table, tmp_path / "tables")
+    lines = markdown.read_text().splitlines()
+    group = lines.index("| *test-time adaptation* |" + "  |" * (len(TASKS) + 2))
+    assert lines[group - 1].startswith("| low-rank TA |") and lines[group + 1].startswith("| AdaMerging |")
+    assert markdown.read_text().count("labels are never read during adaptation") == 2
+    assert r"\emph{test-time adaptation}" in latex.read_text() and "labels are never read" in latex.read_text()
+    plain = write_main_table(main_table(load_reference(inputs["reference"]), load_method_results(paths), TASKS),
+                             tmp_path / "plain")[1].read_text()  # fmt: skip
+    assert "test-time adaptation" not in plain and "labels are never read" not in plain

@@ -71,9 +71,22 @@ def test_packaged_csv_holds_the_readme_table_and_tsv_m(published: pd.DataFrame) 
     assert indexed[("ViT-B-32", 8, "adamerging_cart")] == 85.8
     assert indexed[("ViT-L-14", 20, "adamerging")] == 86.8
     assert [indexed[("ViT-B-32", count, "tsv_m")] for count in (8, 14, 20)] == [85.9, 80.1, 77.1]
-    # 9 methods of the authors' table for 2 models x 3 task counts, plus TSV-M on ViT-B-32.
-    assert len(published) == 9 * 6 + 3
-    assert published["source"].str.contains("arXiv 2412.12153").all()
+    # 9 methods of the authors' table for 2 models x 3 task counts, plus TSV-M on ViT-B-32 (CART paper), plus
+    # the Iso paper's TSV-M (the 6 cells the CART paper lacks), Iso-C and Iso-CTS for 3 models x 3 task counts.
+    assert len(published) == 9 * 6 + 3 + 6 + 9 + 9
+    cart_paper = published["source"].str.contains("arXiv 2412.12153")
+    iso_paper = published["source"].str.contains("arXiv 2502.04959")
+    assert (cart_paper ^ iso_paper).all() and iso_paper.sum() == 24
+
+
+def test_the_iso_papers_rows(published: pd.DataFrame) -> None:
+    indexed = published.set_index(["model", "num_tasks", "method"])["average_accuracy"]
+    cells = [(model, count) for model in ("ViT-B-32", "ViT-B-16", "ViT-L-14") for count in (8, 14, 20)]
+    assert [indexed[(*cell, "iso_cts")] for cell in cells] == [86.2, 81.7, 78.1, 91.1, 86.4, 82.4, 94.7, 91.0, 90.1]
+    assert [indexed[(*cell, "iso_c")] for cell in cells] == [86.3, 80.3, 75.5, 90.6, 84.8, 79.6, 94.2, 89.3, 87.6]
+    assert [indexed[(*cell, "tsv_m")] for cell in cells] == [85.9, 80.1, 77.1, 89.0, 84.6, 80.6, 93.0, 89.2, 87.7]
+    numbers = published_averages(published, "ViT-B-16", TASKS_8)
+    assert set(numbers) == {"tsv_m", "iso_c", "iso_cts"} and numbers["iso_c"].source.startswith("Iso paper")
 
 
 def test_numbers_apply_to_the_papers_suite_in_any_order(published: pd.DataFrame) -> None:
@@ -87,7 +100,7 @@ def test_numbers_apply_to_the_papers_suite_in_any_order(published: pd.DataFrame)
     ("model", "tasks"),
     [
         (None, TASKS_8),  # the tiny model, or other pretrained weights
-        ("ViT-B-16", TASKS_8),  # no published row for this model
+        ("RN50", TASKS_8),  # no published row for this model
         ("ViT-B-32", ["shapes", "colours", "textures", "digits", "counting", "orientation", "position", "sizes"]),
         ("ViT-B-32", [*TASKS_8[:-1], "CIFAR10"]),  # eight tasks, but not the paper's eight
         ("ViT-B-32", TASKS_8[:3]),

@@ -38,6 +38,13 @@ def methods(num_tasks: int) -> dict:
         "lowrank_ta": {"rank": list(RANKS), "lam": [0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0]},
         "cart": {"rank": list(RANKS), "lam": [0.5, 1.0, 1.5, 1.9, 2.0, 2.5, 3.0]},
         "cart@released": {"rank": rank, "lam": lam},
+        # Test-time adaptation with the official settings (METHODS.md): layer-wise AdaMerging, Adam lr 1e-3,
+        # batches of 16, 500 steps (AdaRank 10000), λ from 0.3 clamped to [0, 1]; AdaMerging + CART and
+        # AdaRank start from CART's val-selected rank and λ.
+        "adamerging": {"granularity": "layer", "steps": 500, "batch_size": 16, "lr": 1.0e-3, "init": 0.3},
+        "adamerging_cart": {"rank": "selected", "lam": "selected", "steps": 500, "batch_size": 16, "lr": 1.0e-3},
+        "adarank": {"base": "cart", "initial_rank": "selected", "prior": "selected", "steps": 10000,
+                    "batch_size": 16, "lr": 1.0e-3},  # fmt: skip
     }
 
 

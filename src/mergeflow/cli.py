@@ -225,14 +225,26 @@ def _task_splits(args: argparse.Namespace) -> list:
     ]
 
 
-def _evaluator(args: argparse.Namespace, device: object, pretrained: object) -> object:
+def _evaluator(args: argparse.Namespace, device: object, pretrained: object, splits: list | None = None) -> object:
     from mergeflow.evaluate import EvalSettings
     from mergeflow.merge_eval import SweepEvaluator
     from mergeflow.model import load_image_encoder, load_spec
 
     settings = EvalSettings(batch_size=args.batch_size, precision=args.precision, resident_mb=args.resident_mb)
     visual = load_image_encoder(args.model_dir, pretrained)
-    return SweepEvaluator(visual, load_spec(args.model_dir), _task_splits(args), device, settings)
+    return SweepEvaluator(visual, load_spec(args.model_dir), splits or _task_splits(args), device, settings)
+
+
+def _reference(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """The individual accuracies per split and task from evaluate-reference's CSV (the normalisers)."""
+    import pandas as pd
+
+    table = pd.read_csv(args.reference)
+    reference = {split: dict(zip(group["task"], group["individual"])) for split, group in table.groupby("split")}
+    missing = [t for t in args.tasks if t not in reference.get("val", {}) or t not in reference.get("test", {})]
+    if missing:
+        raise InputError(f"{args.reference}: no val/test rows for tasks {missing}")
+    return reference
 
 
 def cmd_evaluate_reference(args: argparse.Namespace) -> int:
@@ -253,8 +265,6 @@ def cmd_evaluate_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_merge_eval(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from mergeflow import merging
     from mergeflow.io import atomic_path, load_state_dict
     from mergeflow.merge_eval import sweep_method
@@ -263,13 +273,7 @@ def cmd_merge_eval(args: argparse.Namespace) -> int:
     _same_length(args, ["tasks", "heads", "data", "finetuned"])
     device = _setup(args)
     pretrained = load_state_dict(pretrained_path(args.model_dir))
-    reference_table = pd.read_csv(args.reference)
-    reference = {
-        split: dict(zip(group["task"], group["individual"])) for split, group in reference_table.groupby("split")
-    }
-    missing = [t for t in args.tasks if t not in reference.get("val", {}) or t not in reference.get("test", {})]
-    if missing:
-        raise InputError(f"{args.reference}: no val/test rows for tasks {missing}")
+    reference = _reference(args)
     evaluator = _evaluator(args, device, pretrained)
     finetuned = [load_state_dict(path) for path in args.finetuned]
     factors = merging.load_task_factors(args.factors, device=str(device)) if args.factors else None
@@ -306,6 +310,30 @@ def cmd_decompose(args: argparse.Namespace) -> int:
         "%s task factors of %d matrices × %d tasks → %s", args.kind, len(factors.matrices), factors.num_tasks, args.out
     )
     return 0
+
+
+def _evaluation_arguments(p: argparse.ArgumentParser) -> None:
+    """The inputs and evaluation options of every verb that measures accuracy on all tasks."""
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--tasks", nargs="+", required=True)
+    p.add_argument("--heads", nargs="+", required=True, help="one head file per task, in --tasks order")
+    p.add_argument("--data", nargs="+", required=True, help="one prepared task directory per task")
+    p.add_argument("--finetuned", nargs="+", required=True, help="one fine-tuned image encoder per task")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "fp16", "bf16"),
+        default="auto",
+        help="autocast precision; auto: fp16 on CUDA, fp32 on the CPU (config: evaluation.precision)",
+    )
+    p.add_argument(
+        "--resident-mb",
+        type=float,
+        default=4096.0,
+        help="MiB of uint8 images kept on the device between sweep points; the rest is streamed",
+    )
+    p.add_argument("--out", required=True, help="CSV file")
+    _common(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -421,25 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("merge-eval", cmd_merge_eval, "merge over a grid, select on val, evaluate test at the selected settings"),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--model-dir", required=True)
-        p.add_argument("--tasks", nargs="+", required=True)
-        p.add_argument("--heads", nargs="+", required=True, help="one head file per task, in --tasks order")
-        p.add_argument("--data", nargs="+", required=True, help="one prepared task directory per task")
-        p.add_argument("--finetuned", nargs="+", required=True, help="one fine-tuned image encoder per task")
-        p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
-        p.add_argument(
-            "--precision",
-            choices=("auto", "fp32", "fp16", "bf16"),
-            default="auto",
-            help="autocast precision; auto: fp16 on CUDA, fp32 on the CPU (config: evaluation.precision)",
-        )
-        p.add_argument(
-            "--resident-mb",
-            type=float,
-            default=4096.0,
-            help="MiB of uint8 images kept on the device between sweep points; the rest is streamed",
-        )
-        p.add_argument("--out", required=True, help="CSV file")
+        _evaluation_arguments(p)
         if name == "merge-eval":
             p.add_argument("--method", required=True)
             p.add_argument("--grid", type=_json_arg, default={}, help="JSON object: hyper-parameter → value or list")
@@ -447,7 +457,6 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--factors", default=None, help="task factors from `mergeflow decompose` (cart, lowrank_ta, tsv_m)"
             )
-        _common(p)
         p.set_defaults(func=func)
 
     p = sub.add_parser(
@@ -460,9 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_decompose)
 
+    from mergeflow.adaptive.cli import add_adaptive_commands
     from mergeflow.merging.cli import add_merge_commands
     from mergeflow.report.cli import add_report_commands
 
+    p = add_adaptive_commands(sub)
+    _evaluation_arguments(p)
+    p.add_argument("--reference", required=True, help="CSV written by evaluate-reference")
     add_merge_commands(sub)
     add_report_commands(sub)
     return parser

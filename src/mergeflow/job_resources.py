@@ -70,6 +70,15 @@ def job_resources(rule: str, model: str, num_tasks: int, grid: Mapping[str, Any]
         evaluate_minutes = tasks * TASK_EVAL_MINUTES * scale.compute
         # every setting on val, then test at the selected settings (at most one per rank)
         return _request(BASE_MB + 3 * tasks * encoders, (points + 10) * (merge_minutes + 3 * evaluate_minutes))
+    if rule == "adapt_eval":
+        # θ_0, the T task vectors (or their factors) and the Adam state; each step a forward and backward pass
+        # (about 3 forward passes) over one batch per task, then one val and one test pass
+        settings = grid or {}
+        images_per_step = 3 * tasks * int(settings.get("batch_size", 16))
+        minutes_per_image = TASK_EVAL_MINUTES / 5000 * scale.compute
+        # steps left out: the longest default (adarank, 10000), as estimates must be generous
+        adapt_minutes = int(settings.get("steps", 10000)) * images_per_step * minutes_per_image
+        return _request(BASE_MB + 4 * tasks * encoders, adapt_minutes + 4 * tasks * TASK_EVAL_MINUTES * scale.compute)
     if rule in ("aggregate", "lambda_rank", "scaling"):
         return _request(2000, 10)
     if rule == "spectrum":

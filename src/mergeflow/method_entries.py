@@ -11,6 +11,9 @@ FACTOR_KIND = {"cart": "centered", "lowrank_ta": "original", "tsv_m": "original"
 
 VARIANT_SEPARATOR = "@"
 
+# Test-time adaptive methods (`mergeflow.adaptive`): one `adapt_eval` job each instead of a `merge_eval` sweep.
+ADAPTIVE_METHODS = ("adamerging", "adamerging_cart", "adarank")
+
 
 def base_method(entry: str) -> str:
     """The registry method of a config entry: `cart@released` is a second, separately reported cart grid."""
@@ -19,3 +22,7 @@ def base_method(entry: str) -> str:
 
 def factor_kind(entry: str) -> str | None:
     return FACTOR_KIND.get(base_method(entry))
+
+
+def is_adaptive(entry: str) -> bool:
+    return base_method(entry) in ADAPTIVE_METHODS

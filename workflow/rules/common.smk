@@ -2,10 +2,11 @@
 # models, heads and fine-tuned encoders by model; evaluations and tables by model and benchmark.
 import json
 import os
+import re
 import sys
 
 from mergeflow.job_resources import grid_points, job_resources
-from mergeflow.method_entries import factor_kind
+from mergeflow.method_entries import factor_kind, is_adaptive
 
 MODEL = config["model"]["name"]
 MODEL_SOURCE = config["model"]["source"]
@@ -14,6 +15,8 @@ HUB_CACHE = config.get("hub", {}).get("cache_dir")
 TASKS = list(config["tasks"])
 BENCHMARK = config["benchmark"]
 METHODS = list(config["methods"])
+STATIC_METHODS = [method for method in METHODS if not is_adaptive(method)]
+ADAPTIVE_ENTRIES = [method for method in METHODS if is_adaptive(method)]
 RESULTS = "results"
 SUITE = f"{RESULTS}/{BENCHMARK}/{MODEL}"
 
@@ -69,7 +72,7 @@ def scaled(rule_name, key):
     """A resource of `rule_name`'s jobs (mem_mb or runtime), from mergeflow.job_resources."""
 
     def value(wildcards):
-        grid = config["methods"].get(wildcards.get("method"), {}) if rule_name == "merge_eval" else None
+        grid = config["methods"].get(wildcards.get("method"), {}) if rule_name in ("merge_eval", "adapt_eval") else None
         return job_resources(rule_name, SCALE_MODEL, len(TASKS), grid)[key]
 
     return value
@@ -176,6 +179,17 @@ def task_flags():
 def sweep_points(method):
     """How many settings the method's grid evaluates on val."""
     return grid_points(config["methods"][method])
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names (never an empty pattern)."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
+def cart_eval_input(wildcards):
+    """cart's evaluation, when an adaptive method takes a setting "selected" from it."""
+    selected = "selected" in config["methods"][wildcards.method].values()
+    return {"cart": f"{SUITE}/eval/cart.csv"} if selected and "cart" in METHODS else {}
 
 
 def factor_inputs(wildcards):

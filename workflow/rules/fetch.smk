@@ -31,14 +31,17 @@ elif SHIPPED_PRETRAINED:
 
     rule install_pretrained:
         input:
-            [f"{SHIPPED_PRETRAINED}/{name}" for name in ("recipe.json", "model.json", "text.safetensors", "pretrained.safetensors")],
+            [
+                f"{SHIPPED_PRETRAINED}/{name}"
+                for name in ("recipe.json", "model.json", "text.safetensors", "pretrained.safetensors")
+            ],
         output:
             image_encoder=f"{RESULTS}/models/{{model}}/pretrained.safetensors",
             text=f"{RESULTS}/models/{{model}}/text.safetensors",
             description=f"{RESULTS}/models/{{model}}/model.json",
         params:
             out_dir=lambda wildcards, output: os.path.dirname(output.image_encoder),
-            shipped=SHIPPED_PRETRAINED,
+            shipped=lambda wildcards, input: os.path.dirname(input[0]),
         threads: 1
         resources:
             mem_mb=scaled("pretrain", "mem_mb"),

@@ -31,6 +31,8 @@ rule merge_eval:
         reference=f"{SUITE}/eval/reference.csv",
     output:
         f"{SUITE}/eval/{{method}}.csv",
+    wildcard_constraints:
+        method=one_of(STATIC_METHODS),
     params:
         tasks=task_flags(),
         grid=lambda wildcards: as_json(config["methods"][wildcards.method]),
@@ -54,3 +56,39 @@ rule merge_eval:
         "mergeflow merge-eval --method {wildcards.method} --grid {params.grid:q} {params.tasks} {params.factors}"
         " --reference {input.reference} {params.evaluation}"
         " --out {output} --threads {threads} {params.device} > {log} 2>&1"
+
+
+# A test-time adaptive method (AdaMerging, AdaMerging + CART, AdaRank): coefficients learned on each task's
+# unlabeled test images (the papers' transductive protocol; labels are read only to measure accuracy).
+rule adapt_eval:
+    input:
+        unpack(cart_eval_input),
+        **task_inputs(),
+        reference=f"{SUITE}/eval/reference.csv",
+    output:
+        table=f"{SUITE}/eval/{{method}}.csv",
+        learned=f"{SUITE}/eval/{{method}}.learned.safetensors",
+        entropy=f"{SUITE}/eval/{{method}}.entropy.csv",
+    wildcard_constraints:
+        method=one_of(ADAPTIVE_ENTRIES),
+    params:
+        tasks=task_flags(),
+        settings=lambda wildcards: as_json(config["methods"][wildcards.method]),
+        cart=lambda wildcards, input: f"--cart-eval {input.cart}" if "cart" in input.keys() else "",
+        evaluation=evaluation_flags(),
+        device=device_flag(),
+    threads: 1
+    resources:
+        gpu=GPUS_PER_JOB,
+        mem_mb=scaled("adapt_eval", "mem_mb"),
+        runtime=scaled("adapt_eval", "runtime"),
+    conda:
+        "../../envs/mergeflow.yaml"
+    log:
+        log_path("adapt_eval", f"{BENCHMARK}/{MODEL}/{{method}}"),
+    benchmark:
+        benchmark_path("adapt_eval", f"{BENCHMARK}/{MODEL}/{{method}}")
+    shell:
+        "mergeflow adapt-eval --method {wildcards.method} --settings {params.settings:q} {params.tasks} {params.cart}"
+        " --reference {input.reference} {params.evaluation} --learned {output.learned} --entropy {output.entropy}"
+        " --out {output.table} --threads {threads} {params.device} > {log} 2>&1"

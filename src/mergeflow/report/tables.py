@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from mergeflow.io import InputError, atomic_path, write_text
+from mergeflow.method_entries import ADAPTIVE_METHODS, is_adaptive
 from mergeflow.report.published import PublishedNumber, published_for
 from mergeflow.report.results import PathLike, source_of
 
@@ -92,7 +93,8 @@ def main_table(
     all in percent; then, on absolute-accuracy rows with a published number
     (`published`: method name → number, see `mergeflow.report.published`),
     `published`, `difference` (average − published) and `published_source`,
-    empty elsewhere. Methods appear in the order of their first row in `results`.
+    empty elsewhere. Methods appear in the order of their first row in `results`, the test-time
+    adaptive ones (`mergeflow.method_entries.ADAPTIVE_METHODS`) after all others.
     """
     task_list = _checked_tasks(tasks)
     numbers = published or {}
@@ -105,7 +107,9 @@ def main_table(
         _table_row("normalized_accuracy", ZERO_SHOT_ROW, "", zeroshot / individual, None),
         _table_row("normalized_accuracy", INDIVIDUAL_ROW, "", individual / individual, None),
     ]
-    for method in pd.unique(results["method"]):
+    methods = list(pd.unique(results["method"]))
+    # The test-time adaptive methods form a group of their own, after every static merge.
+    for method in [m for m in methods if not is_adaptive(m)] + [m for m in methods if is_adaptive(m)]:
         setting, accuracy, normalized = _best_test_accuracies(results, method, task_list, individual)
         name = display_name(method)
         accuracy_rows.append(_table_row("accuracy", name, setting, accuracy, published_for(method, numbers)))
@@ -229,6 +233,22 @@ def published_sources(table: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(source for source in sources if source))
 
 
+ADAPTATION_GROUP = "test-time adaptation"
+ADAPTATION_NOTE = (
+    "Test-time adaptation rows learn their coefficients from each task's unlabeled test images (the papers' "
+    "transductive protocol); labels are never read during adaptation, only afterwards to measure accuracy."
+)
+
+
+def _is_adaptive_row(display: str) -> bool:
+    shown = {METHOD_DISPLAY_NAMES[name] for name in ADAPTIVE_METHODS}
+    return display.split(" (", 1)[0] in shown
+
+
+def _adaptation_note(table: pd.DataFrame) -> str:
+    return ADAPTATION_NOTE if table["method"].map(_is_adaptive_row).any() else ""
+
+
 def _sources_note(table: pd.DataFrame) -> str:
     sources = published_sources(table)
     if not sources:
@@ -245,7 +265,12 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
     header = ["method", *task_columns(table), AVERAGE_COLUMN, *published, SETTING_HEADER]
     alignment = [":---", *("---:" for _ in header[1:-1]), ":---"]
     lines = [_markdown_line(header), _markdown_line(alignment)]
-    lines += [_markdown_line(row) for row in _rendered_rows(table, metric)]
+    grouped = False
+    for row in _rendered_rows(table, metric):
+        if not grouped and _is_adaptive_row(row[0]):
+            lines.append(_markdown_line([f"*{ADAPTATION_GROUP}*", *("" for _ in header[1:])]))
+            grouped = True
+        lines.append(_markdown_line(row))
     return "\n".join(lines) + "\n"
 
 
@@ -255,8 +280,10 @@ def _markdown_line(cells: Sequence[str]) -> str:
 
 def markdown_document(table: pd.DataFrame, title: str | None = None) -> str:
     sections = [f"# {title}\n"] if title else []
+    adaptation = _adaptation_note(table)
     for metric, heading in METRIC_TITLES.items():
         note = f"\n{_sources_note(table)}\n" if _has_published_columns(metric) else ""
+        note += f"\n{adaptation}\n" if adaptation else ""
         sections.append(f"## {heading}\n\n{markdown_table(table, metric)}{note}")
     return "\n".join(sections)
 
@@ -277,7 +304,11 @@ def latex_tabular(table: pd.DataFrame, metric: str) -> str:
         " & ".join(header) + r" \\",
         r"\midrule",
     ]
+    grouped = False
     for row in _rendered_rows(table, metric):
+        if not grouped and _is_adaptive_row(row[0]):
+            lines += [r"\midrule", rf"\multicolumn{{{len(header)}}}{{l}}{{\emph{{{ADAPTATION_GROUP}}}}} \\"]
+            grouped = True
         lines.append(" & ".join(latex_escape(cell) for cell in row) + r" \\")
         if row[0] == INDIVIDUAL_ROW:
             lines.append(r"\midrule")
@@ -289,6 +320,7 @@ def latex_document(table: pd.DataFrame, title: str | None = None) -> str:
     # Only comments around the tabulars, so the file can be \input inside any table environment.
     preamble = ["% " + " ".join(title.splitlines())] if title else []
     preamble += [r"% Requires \usepackage{booktabs}.", f"% {_sources_note(table)}"]
+    preamble += [f"% {_adaptation_note(table)}"] if _adaptation_note(table) else []
     return "\n".join(preamble) + "\n\n" + "\n".join(latex_tabular(table, metric) for metric in METRIC_TITLES)
 
 

@@ -1,0 +1,74 @@
+"""`mergeflow adapt-eval`: one test-time adaptive method as a pipeline job (adapt, then evaluate val and test)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from mergeflow.io import InputError
+
+log = logging.getLogger("mergeflow")
+
+
+def add_adaptive_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `adapt-eval`; the caller adds the evaluation inputs every accuracy-measuring verb shares."""
+    parser = subparsers.add_parser(
+        "adapt-eval",
+        help="learn a test-time adaptive merge on unlabeled test images, then evaluate it on val and test",
+        description="AdaMerging, AdaMerging + CART or AdaRank: coefficients (and masks) minimise the prediction "
+        "entropy of each task's unlabeled test images; labels are read only afterwards, to measure accuracy.",
+    )
+    parser.add_argument("--method", required=True, help="adamerging, adamerging_cart or adarank (or name@variant)")
+    parser.add_argument("--settings", default="{}", help="JSON object: the config's settings of the method")
+    parser.add_argument("--cart-eval", default=None, help="cart's merge_eval CSV, for settings given as 'selected'")
+    parser.add_argument("--learned", required=True, help="safetensors file for the learned coefficients and masks")
+    parser.add_argument("--entropy", required=True, help="CSV file for the entropy per step and task")
+    parser.set_defaults(func=cmd_adapt_eval)
+    return parser
+
+
+def cmd_adapt_eval(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from mergeflow.adaptive import UnlabeledTask, save_learned_merge
+    from mergeflow.adaptive.job import adapt_and_evaluate, cart_selection, method_settings
+    from mergeflow.cli import _evaluator, _reference, _same_length, _setup, _task_splits
+    from mergeflow.heads import load_head
+    from mergeflow.io import atomic_path, load_state_dict
+    from mergeflow.model import pretrained_path
+
+    _same_length(args, ["tasks", "heads", "data", "finetuned"])
+    try:
+        values = json.loads(args.settings)
+    except json.JSONDecodeError as err:
+        raise InputError(f"--settings: not valid JSON ({err})") from None
+    cart = cart_selection(pd.read_csv(args.cart_eval), args.cart_eval) if args.cart_eval else None
+    settings = method_settings(args.method, values, cart)
+    log.info("%s settings: %s", args.method, settings)
+    device = _setup(args, settings.seed)
+    pretrained = load_state_dict(pretrained_path(args.model_dir))
+    reference = _reference(args)
+    splits = _task_splits(args)
+    evaluator = _evaluator(args, device, pretrained, splits)
+    finetuned = [load_state_dict(path) for path in args.finetuned]
+    # Adaptation sees each task's test images and its head; the labels stay in the evaluator.
+    unlabeled = [
+        UnlabeledTask(split.name, split.test[0], split.head, load_head(head)[1])
+        for split, head in zip(splits, args.heads)
+    ]
+    rows, result = adapt_and_evaluate(args.method, settings, evaluator, pretrained, finetuned, unlabeled, reference,
+                                      device, progress=not args.no_progress)  # fmt: skip
+    curve = pd.DataFrame(result.task_entropy, columns=args.tasks)
+    curve.insert(0, "step", range(len(curve)))
+    curve["total"] = result.entropy
+    for step in range(0, len(curve), max(1, len(curve) // 10)):
+        log.info("step %d: entropy %.4f", step, curve["total"].iloc[step])
+    save_learned_merge(args.learned, result.learned)
+    with atomic_path(args.entropy) as tmp:
+        curve.to_csv(tmp, index=False)
+    with atomic_path(args.out) as tmp:
+        rows.to_csv(tmp, index=False)
+    test = rows[rows["split"] == "test"]
+    log.info("%s: test average accuracy %.4f after %d steps", args.method, test["accuracy"].mean(), settings.steps)
+    return 0

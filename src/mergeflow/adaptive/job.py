@@ -1,0 +1,88 @@
+"""One adaptive evaluation job: settings from the config, adaptation on unlabeled test images, val and test rows.
+
+The rows have the columns of a static method's sweep (`mergeflow.merge_eval`), one setting marked best, so
+tables and figures read them alike. Test labels are read only after adaptation, to measure accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+
+from mergeflow.adaptive.adaptation import AdaptationResult, adapt
+from mergeflow.adaptive.data import UnlabeledTask
+from mergeflow.adaptive.settings import SETTINGS_CLASSES, MethodSettings, settings_to_json
+from mergeflow.io import InputError
+from mergeflow.merge_eval import EVAL_SPLITS, SweepEvaluator
+from mergeflow.method_entries import ADAPTIVE_METHODS, base_method
+from mergeflow.selection import as_rows, best_setting, mark_selection, setting_key
+from mergeflow.types import StateDict
+
+# A config value "selected" takes CART's val-selected setting: adamerging_cart's rank and lam, adarank's
+# initial_rank and prior (with base cart).
+SELECTED = "selected"
+FROM_CART = {"rank": "rank", "lam": "lam", "initial_rank": "rank", "prior": "lam"}
+
+
+def cart_selection(cart_rows: pd.DataFrame, source: str) -> dict[str, float]:
+    """CART's val-selected rank and lam among ranks above 0, from its merge_eval CSV.
+
+    Rank 0 is weight averaging, with no low-rank term left to weight, so when CART's own selection is
+    rank 0 this is the best setting on val among the others (by the same average normalized accuracy).
+    """
+    val = cart_rows[(cart_rows["split"] == "val") & (cart_rows["rank"] > 0)]
+    if val.empty:
+        raise InputError(f"{source}: no val rows at a rank above 0; expected cart's merge_eval output")
+    chosen = val[val["setting"] == best_setting(val)]
+    return {"rank": float(chosen["rank"].iloc[0]), "lam": float(chosen["lam"].iloc[0])}
+
+
+def method_settings(entry: str, values: Mapping[str, Any], cart: Mapping[str, float] | None) -> MethodSettings:
+    """The settings of a config entry (`adamerging`, `adarank@ta`, ...): its values, "selected" resolved."""
+    name = base_method(entry)
+    if name not in SETTINGS_CLASSES:
+        raise InputError(f"methods.{entry}: not an adaptive method; expected one of {list(ADAPTIVE_METHODS)}")
+    resolved: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, list) and key not in ("betas", "clamp"):
+            raise InputError(f"methods.{entry}.{key}: adaptive methods take one value, not a grid; got {value!r}")
+        if value == SELECTED:
+            if key not in FROM_CART:
+                raise InputError(f"methods.{entry}.{key}: 'selected' applies only to {sorted(FROM_CART)}")
+            if cart is None:
+                raise InputError(f"methods.{entry}.{key}: 'selected' needs the cart method in the same config")
+            value = cart[FROM_CART[key]]
+        resolved[key] = tuple(value) if isinstance(value, list) else value
+    try:
+        return SETTINGS_CLASSES[name](**resolved)
+    except TypeError as err:
+        raise InputError(f"methods.{entry}: {err}") from None
+
+
+def adapt_and_evaluate(
+    entry: str,
+    settings: MethodSettings,
+    evaluator: SweepEvaluator,
+    pretrained: StateDict,
+    finetuned: Sequence[StateDict],
+    unlabeled: Sequence[UnlabeledTask],
+    reference: Mapping[str, Mapping[str, float]],
+    device: torch.device,
+    *,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, AdaptationResult]:
+    """Adapt (no labels), load the adapted encoder into the evaluator, and return its val and test rows."""
+    result = adapt(evaluator.visual, evaluator.spec, pretrained, finetuned, unlabeled, settings, device,
+                   progress=progress)  # fmt: skip
+    evaluator.load_state_dict(result.merged_state_dict(), f"{entry}: adapted merge")
+    setting = {key: value for key, value in settings_to_json(settings).items() if key != "method"}
+    rows = [
+        row
+        for split in EVAL_SPLITS
+        for row in as_rows(entry, setting, split, evaluator.accuracies(split), reference[split])
+    ]
+    key = setting_key(setting)
+    return mark_selection(pd.DataFrame(rows), key, {key}), result
