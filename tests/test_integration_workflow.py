@@ -111,7 +111,8 @@ def test_every_artefact_exists(finished_run: Path) -> None:
     expected += [suite(finished_run) / "eval" / f"{m}.csv" for m in REDUCED_CONFIG["methods"]]
     expected += [results / "svd/mini-clip/mini3" / f"{kind}.safetensors" for kind in ("centered", "original")]
     expected += [suite(finished_run) / "tables" / name for name in ("main.csv", "main.md", "main.tex", "spectrum.csv")]
-    figures = ("rank_sweep", "per_task", "cart_lambda_rank", "spectrum_energy", "spectrum_error_interference")
+    figures = ("rank_sweep", "per_task", "cart_lambda_rank", "spectrum_energy", "spectrum_error_interference",
+               "adamerging_cart_coefficients")  # fmt: skip
     expected += [suite(finished_run) / "figures" / f"{stem}.{ext}" for stem in figures for ext in ("png", "pdf")]
     missing = [str(p.relative_to(finished_run)) for p in expected if not p.is_file() or p.stat().st_size == 0]
     assert missing == []
@@ -119,8 +120,8 @@ def test_every_artefact_exists(finished_run: Path) -> None:
     assert leftovers == []
     logs = list((results / "logs").rglob("*.log"))
     # pretrain; prepare_data, build_head, finetune per task; evaluate_reference; decompose x 2; merge_eval or
-    # adapt_eval per method; aggregate, lambda_rank (cart), spectrum.
-    assert len(logs) == 1 + 3 * len(TASKS) + 1 + 2 + len(REDUCED_CONFIG["methods"]) + 3
+    # adapt_eval per method; aggregate, lambda_rank (cart), spectrum; the adaptive method's coefficient figure.
+    assert len(logs) == 1 + 3 * len(TASKS) + 1 + 2 + len(REDUCED_CONFIG["methods"]) + 3 + 1
 
 
 def test_finetuning_beats_zero_shot_on_every_task(finished_run: Path) -> None:

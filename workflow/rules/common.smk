@@ -6,7 +6,7 @@ import re
 import sys
 
 from mergeflow.job_resources import grid_points, job_resources
-from mergeflow.method_entries import factor_kind, is_adaptive
+from mergeflow.method_entries import base_method, factor_kind, is_adaptive
 
 MODEL = config["model"]["name"]
 MODEL_SOURCE = config["model"]["source"]
@@ -203,6 +203,9 @@ def final_outputs():
     outputs += [f"{SUITE}/figures/{stem}.{ext}" for stem in ("rank_sweep", "per_task") for ext in ("png", "pdf")]
     if "cart" in METHODS:
         outputs += [f"{SUITE}/figures/cart_lambda_rank.{ext}" for ext in ("png", "pdf")]
+    for method in ADAPTIVE_ENTRIES:
+        figures = ("coefficients", "kept_rank") if base_method(method) == "adarank" else ("coefficients",)
+        outputs += [f"{SUITE}/figures/{method}_{figure}.{ext}" for figure in figures for ext in ("png", "pdf")]
     # The spectra need both kinds of SVD factors; they are only asked for when the methods compute both anyway
     # (cart: centered; lowrank_ta, tsv_m: original), as decomposing a ViT-L/14 just for a figure is costly.
     if {factor_kind(method) for method in METHODS} >= {"centered", "original"}:

@@ -66,6 +66,34 @@ rule aggregate:
         " --tables-dir {params.tables_dir} --figures-dir {params.figures_dir} --title {params.title:q} > {log} 2>&1"
 
 
+# Where test-time adaptation moved weight: one figure per adaptive method, and AdaRank's kept rank.
+rule adaptation_figures:
+    input:
+        f"{SUITE}/eval/{{method}}.learned.safetensors",
+    output:
+        [f"{SUITE}/figures/{{method}}_{{figure}}.{ext}" for ext in ("png", "pdf")],
+    wildcard_constraints:
+        method=one_of(ADAPTIVE_ENTRIES),
+        figure="coefficients|kept_rank",
+    params:
+        figures_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        tasks=" ".join(TASKS),
+        title=SUITE_LABEL,
+    resources:
+        mem_mb=scaled("aggregate", "mem_mb"),
+        runtime=scaled("aggregate", "runtime"),
+    conda:
+        "../../envs/mergeflow.yaml"
+    log:
+        log_path("adaptation_figures", f"{BENCHMARK}/{MODEL}/{{method}}_{{figure}}"),
+    benchmark:
+        benchmark_path("adaptation_figures", f"{BENCHMARK}/{MODEL}/{{method}}_{{figure}}")
+    shell:
+        "mergeflow adaptation --learned {input} --method {wildcards.method} --figure {wildcards.figure}"
+        " --tasks {params.tasks}"
+        " --figures-dir {params.figures_dir} --title {params.title:q} > {log} 2>&1"
+
+
 # The validation grid of a rank-sweep method (cart in `all`; lowrank_ta on request) as a λ × rank heatmap.
 rule lambda_rank:
     input:

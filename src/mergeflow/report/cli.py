@@ -2,6 +2,7 @@
 
 - `mergeflow aggregate`: main table (csv, md, tex) with the published column, rank-sweep and per-task figures;
 - `mergeflow lambda-rank`: λ × rank heatmap of a rank-sweep method's validation accuracy;
+- `mergeflow adaptation`: learned coefficients per block and task (and AdaRank's kept rank) of an adaptive merge;
 - `mergeflow spectrum`: energy, reconstruction error and interference of centered vs original task vectors;
 - `mergeflow scaling`: average accuracy against the number of tasks, from several suites' main tables.
 """
@@ -24,6 +25,14 @@ SCALING_STEM = "task_count_scaling"
 
 def lambda_rank_stem(method: str) -> str:
     return f"{method}_lambda_rank"
+
+
+def coefficients_stem(method: str) -> str:
+    return f"{method}_coefficients"
+
+
+def kept_rank_stem(method: str) -> str:
+    return f"{method}_kept_rank"
 
 
 def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -64,6 +73,25 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--figures-dir", required=True, type=Path, help="where <method>_lambda_rank.{png,pdf} go")
     parser.add_argument("--title", default=None, help="context shown in the figure title")
     parser.set_defaults(func=run_lambda_rank)
+
+    parser = subparsers.add_parser(
+        "adaptation",
+        help="write where test-time adaptation moved weight: coefficients (and AdaRank's kept rank) per block and task",
+        description="Heatmaps of a learned merge (adapt-eval's .learned.safetensors): the mean learned coefficient "
+        "per residual block and task, and for adarank the percent of singular components each task keeps.",
+    )
+    parser.add_argument("--learned", required=True, type=Path, help="the method's <method>.learned.safetensors")
+    parser.add_argument("--method", required=True, help="the config entry (figure file names)")
+    parser.add_argument("--tasks", required=True, nargs="+", help="task names, in the order adaptation saw them")
+    parser.add_argument(
+        "--figure",
+        choices=("coefficients", "kept_rank"),
+        default="coefficients",
+        help="coefficients: <method>_coefficients.*; kept_rank (adarank): <method>_kept_rank.*",
+    )
+    parser.add_argument("--figures-dir", required=True, type=Path, help="where the png and pdf go")
+    parser.add_argument("--title", default=None, help="context shown in the figure titles")
+    parser.set_defaults(func=run_adaptation)
 
     parser = subparsers.add_parser(
         "spectrum",
@@ -127,6 +155,22 @@ def run_lambda_rank(args: argparse.Namespace) -> int:
     grid = lambda_rank_grid(results, method, args.tasks)
     plot_lambda_rank_heatmap(grid, args.figures_dir / lambda_rank_stem(method), title=args.title)
     print(f"{method}: val-selected rank {grid.selected[0]:g}, lam {grid.selected[1]:g}")
+    return 0
+
+
+def run_adaptation(args: argparse.Namespace) -> int:
+    from mergeflow.adaptive import load_learned_merge
+    from mergeflow.report.adaptation_figures import plot_coefficients, plot_kept_rank
+
+    learned = load_learned_merge(args.learned)
+    source = str(args.learned)
+    if args.figure == "coefficients":
+        written = plot_coefficients(learned, args.tasks, args.figures_dir / coefficients_stem(args.method), source,
+                                    args.title)  # fmt: skip
+    else:
+        written = plot_kept_rank(learned, args.tasks, args.figures_dir / kept_rank_stem(args.method), source,
+                                 args.title)  # fmt: skip
+    print(f"{args.method}: wrote {', '.join(str(path) for path in written)}")
     return 0
 
 
