@@ -96,11 +96,12 @@ def test_the_largest_paper_dag_builds_with_every_real_source(tmp_path):
         "evaluate_reference": 1,
         "merge_eval": 12,
         "adapt_eval": 3,
+        "adaptation_figures": 4,
         "lambda_rank": 1,
         "spectrum": 1,
         "aggregate": 1,
         "all": 1,
-        "total": 83,
+        "total": 87,
     }
     assert "mergeflow fetch-pretrained --model ViT-L-14 --pretrained openai --image-size 224" in output
     assert "mergeflow prepare-data --source huggingface --task EMNIST --image-size 224" in output
