@@ -161,3 +161,30 @@ def test_radix_selection_finds_the_kth_largest_over_pieces(dtype: torch.dtype) -
             selector.end_pass()
         assert selector.value() == descending[k - 1], k
     assert KthLargest(1, dtype).passes == (2 if dtype == torch.float32 else 4)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("which", ["pretrained", "finetuned"])
+def test_a_non_finite_input_is_refused_by_file_and_key_and_nothing_is_written(tmp_path: Path, bad: float, which: str):
+    models = random_models(2)
+    target = models[0] if which == "pretrained" else models[2]
+    target["transformer.resblocks.0.mlp.c_fc.weight"][3, 1] = bad
+    pretrained, finetuned = write_models(tmp_path, models)
+    broken = pretrained if which == "pretrained" else finetuned[1]
+    for name in ("weight_averaging", "cart"):
+        with pytest.raises(InputError, match=rf"{broken.name}: key 'transformer\.resblocks\.0\.mlp\.c_fc\.weight' "
+                                             r"holds 1 NaN or Inf value\(s\) of 128"):  # fmt: skip
+            merge_files(name, pretrained, finetuned, {}, tmp_path / "merged.safetensors")
+        assert not (tmp_path / "merged.safetensors").exists()
+
+
+def test_a_merge_that_overflows_its_dtype_is_refused_by_key(tmp_path: Path) -> None:
+    models = [{key: value * 1e4 if value.is_floating_point() else value for key, value in model.items()}
+              for model in random_models(2, torch.float16)]  # fmt: skip
+    pretrained, finetuned = write_models(tmp_path, models)
+    with pytest.raises(InputError, match=r"task_arithmetic merge \{'lam': 100\.0\}: merged key '\S+' holds"):
+        merge_files("task_arithmetic", pretrained, finetuned, {"lam": 100.0}, tmp_path / "merged.safetensors")
+    assert not (tmp_path / "merged.safetensors").exists()
+    merge_files("task_arithmetic", pretrained, finetuned, {"lam": 0.3}, tmp_path / "merged.safetensors")
+    assert all(torch.isfinite(t).all() for t in load_state_dict(tmp_path / "merged.safetensors").values()
+               if t.is_floating_point())  # fmt: skip

@@ -170,6 +170,7 @@ class FileSource:
     def __init__(self, handles: Sequence[Any], pretrained_path: Path, finetuned_paths: Sequence[Path]) -> None:
         self._pretrained, *finetuned = handles
         self._finetuned = tuple(finetuned)
+        self._paths = (pretrained_path, *finetuned_paths)
         self._specs = _specs_of_file(self._pretrained, pretrained_path)
         check_compatible(
             str(pretrained_path),
@@ -189,10 +190,19 @@ class FileSource:
         return self._specs[key]
 
     def load_pretrained(self, key: str) -> torch.Tensor:
-        return self._pretrained.get_tensor(key)
+        return checked_finite(self._pretrained.get_tensor(key), f"{self._paths[0]}: key {key!r}")
 
     def load_finetuned(self, key: str, task: int) -> torch.Tensor:
-        return self._finetuned[task].get_tensor(key)
+        return checked_finite(self._finetuned[task].get_tensor(key), f"{self._paths[task + 1]}: key {key!r}")
+
+
+def checked_finite(tensor: torch.Tensor, where: str) -> torch.Tensor:
+    """`tensor`, or InputError naming `where` when a floating-point tensor holds NaN or Inf."""
+    if tensor.is_floating_point():
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise InputError(f"{where} holds {bad} NaN or Inf value(s) of {tensor.numel()}; expected finite weights")
+    return tensor
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from mergeflow.io import save_state_dict
 from mergeflow.merging.context import combine
 from mergeflow.merging.engine import lam_of, tensor_merges
 from mergeflow.merging.registry import get_method, resolve_hparams
-from mergeflow.merging.sources import open_file_source
+from mergeflow.merging.sources import checked_finite, open_file_source
 from mergeflow.types import StateDict
 
 
@@ -59,7 +59,9 @@ def merge_files(
     with open_file_source(pretrained, finetuned) as source:
         for merge in tensor_merges(method, resolved, source, factors=None, device=device, progress=progress):
             # Each merged tensor goes to host memory at once so that device memory stays bounded too.
-            merged[merge.key] = combine(merge.origin, merge.delta, lam, merge.dtype).to("cpu")
+            tensor = combine(merge.origin, merge.delta, lam, merge.dtype).to("cpu")
+            # The inputs were finite, so a NaN or Inf here is the merge overflowing its dtype.
+            merged[merge.key] = checked_finite(tensor, f"{name} merge {resolved}: merged key {merge.key!r}")
             touched += merge.touched
     save_state_dict(output, merged, merge_metadata(name, resolved))
     return MergeSummary(name, resolved, touched, len(merged), Path(output))
