@@ -31,3 +31,22 @@ def test_truncated_file_is_a_clear_error(tmp_path: Path) -> None:
         load_state_dict(path)
     with pytest.raises(InputError, match="not found"):
         load_state_dict(tmp_path / "absent.safetensors")
+
+
+def test_a_state_dict_with_nan_or_inf_is_refused_by_file_and_key(tmp_path, caplog) -> None:
+    from mergeflow.cli import main
+
+    good = {"w": torch.ones(3, 3), "step": torch.tensor(2)}
+    save_state_dict(tmp_path / "good.safetensors", good)
+    for value, name in ((float("nan"), "nan"), (float("-inf"), "inf")):
+        bad = {"w": torch.ones(3, 3), "step": torch.tensor(2)}
+        bad["w"][1, 2] = value
+        save_state_dict(tmp_path / f"{name}.safetensors", bad)
+        with pytest.raises(InputError, match=rf"{name}\.safetensors: key 'w' holds 1 NaN or Inf value\(s\) of 9"):
+            load_state_dict(tmp_path / f"{name}.safetensors")
+    assert load_state_dict(tmp_path / "good.safetensors")["w"].eq(1).all()
+    # Every verb that reads weights says so and writes nothing (decompose: the SVD stage).
+    out = tmp_path / "factors.safetensors"
+    args = ["decompose", "--pretrained", str(tmp_path / "good.safetensors"), "--kind", "original", "--out", str(out)]
+    assert main([*args, "--finetuned", str(tmp_path / "good.safetensors"), str(tmp_path / "nan.safetensors")]) == 2
+    assert "nan.safetensors: key 'w' holds 1 NaN or Inf" in caplog.text and not out.exists()

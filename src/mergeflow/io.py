@@ -70,16 +70,34 @@ def save_state_dict(
 
 
 def load_state_dict(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> StateDict:
-    """Read a safetensors file, turning library errors into messages that name the file."""
+    """Read a safetensors file, turning library errors into messages that name the file.
+
+    Floating-point tensors must be finite: a NaN or Inf weight would otherwise become a wrong number
+    downstream without a word.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     if not Path(path).is_file():
         raise InputError(f"{path}: file not found (expected a safetensors state dict)")
     try:
-        return load_file(str(path), device=str(device))
+        tensors = load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as err:
         raise InputError(f"{path}: not a readable safetensors file ({err})") from None
+    for key, tensor in tensors.items():
+        checked_finite(tensor, f"{path}: key {key!r}")
+    return tensors
+
+
+def checked_finite(tensor: torch.Tensor, where: str) -> torch.Tensor:
+    """`tensor`, or InputError naming `where` when a floating-point tensor holds NaN or Inf."""
+    import torch
+
+    if tensor.is_floating_point():
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise InputError(f"{where} holds {bad} NaN or Inf value(s) of {tensor.numel()}; expected finite weights")
+    return tensor
 
 
 def read_safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from safetensors import SafetensorError, safe_open
 
-from mergeflow.io import InputError
+from mergeflow.io import InputError, checked_finite
 from mergeflow.types import StateDict
 
 _SAFETENSORS_DTYPES = {
@@ -194,15 +194,6 @@ class FileSource:
 
     def load_finetuned(self, key: str, task: int) -> torch.Tensor:
         return checked_finite(self._finetuned[task].get_tensor(key), f"{self._paths[task + 1]}: key {key!r}")
-
-
-def checked_finite(tensor: torch.Tensor, where: str) -> torch.Tensor:
-    """`tensor`, or InputError naming `where` when a floating-point tensor holds NaN or Inf."""
-    if tensor.is_floating_point():
-        bad = int((~torch.isfinite(tensor)).sum())
-        if bad:
-            raise InputError(f"{where} holds {bad} NaN or Inf value(s) of {tensor.numel()}; expected finite weights")
-    return tensor
 
 
 @contextlib.contextmanager

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mergeflow.io import save_state_dict
+from mergeflow.io import checked_finite, save_state_dict
 from mergeflow.merging.context import combine
 from mergeflow.merging.engine import lam_of, tensor_merges
 from mergeflow.merging.registry import get_method, resolve_hparams
-from mergeflow.merging.sources import checked_finite, open_file_source
+from mergeflow.merging.sources import open_file_source
 from mergeflow.types import StateDict
 
 
