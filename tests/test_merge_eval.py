@@ -123,7 +123,7 @@ def test_evaluator_matches_the_host_array_path_and_streaming(setup, tmp_path_fac
 
 
 def _host_split(evaluator: SweepEvaluator, split: str, name: str) -> tuple[np.ndarray, np.ndarray]:
-    return evaluator._images[(split, name)].tensor.numpy(), evaluator._labels[(split, name)].numpy()
+    return np.asarray(evaluator._images[(split, name)].host), evaluator._labels[(split, name)].numpy()
 
 
 def test_reference_rows_are_zero_shot_everywhere_and_individual_on_own_task(setup) -> None:
@@ -161,3 +161,18 @@ def test_a_direction_without_delta_is_evaluated_once_per_split(setup, monkeypatc
     assert calls.count("val") == 1 + 3 and calls.count("test") == 2
     at_rank_zero = rows[(rows["rank"] == 0.0) & (rows["split"] == "val")]
     assert at_rank_zero.groupby("task")["accuracy"].nunique().eq(1).all() and at_rank_zero["lam"].nunique() == 3
+
+
+def test_a_split_over_the_budget_is_read_per_batch_from_its_array(tmp_path: Path) -> None:
+    from mergeflow.evaluate import stage_splits
+
+    images = np.random.default_rng(0).integers(0, 256, size=(10, 16, 16, 3), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r")
+    one_split_mb = images.nbytes / 2**20
+    first, second = stage_splits([images, mapped], torch.device("cpu"), resident_mb=1.5 * one_split_mb)
+    assert first.resident is not None and second.resident is None and second.host is mapped
+    spec = tiny_clip_spec("toy", ARCH)
+    streamed = torch.cat(list(second.batches(spec, 4)))
+    staged = torch.cat(list(first.batches(spec, 4)))
+    assert torch.equal(streamed, staged) and streamed.shape == (10, 3, 16, 16)

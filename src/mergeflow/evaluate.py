@@ -53,29 +53,29 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 class StagedImages:
-    """One split's uint8 NHWC images, on the device when they fit the budget, else in (pinned) host memory."""
+    """One split's uint8 NHWC images: copied to the device once when resident, else read per batch.
+
+    A streamed split stays where it is (usually a memory-mapped .npy), so a split over the budget costs
+    no host memory beyond one batch; on CUDA each batch goes through pinned memory, copied without blocking.
+    """
 
     def __init__(self, images: np.ndarray, device: torch.device, resident: bool) -> None:
-        host = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True))
-        if resident:
-            self.tensor = host.to(device)
-        elif device.type == "cuda":
-            self.tensor = host.pin_memory()
-        else:
-            self.tensor = host
         self.device = device
+        self.host = images
+        self.resident = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True)).to(device) if resident else None
 
     def __len__(self) -> int:
-        return int(self.tensor.shape[0])
-
-    @property
-    def nbytes(self) -> int:
-        return self.tensor.numel()
+        return int(self.host.shape[0])
 
     def batches(self, spec: ModelSpec, batch_size: int) -> Iterator[torch.Tensor]:
         """Normalised float NCHW batches on the device, in stored order."""
         for start in range(0, len(self), batch_size):
-            chunk = self.tensor[start : start + batch_size].to(self.device, non_blocking=True)
+            if self.resident is not None:
+                chunk = self.resident[start : start + batch_size]
+            else:
+                chunk = torch.from_numpy(np.array(self.host[start : start + batch_size], dtype=np.uint8, copy=True))
+                if self.device.type == "cuda":
+                    chunk = chunk.pin_memory().to(self.device, non_blocking=True)
             yield normalise_images(chunk, spec)
 
 
