@@ -14,11 +14,14 @@ GPU hours are projected at an assumed sustained throughput (`--tflops`), not mea
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 import yaml
+
+from mergeflow.adaptive.settings import SETTINGS_CLASSES
+from mergeflow.job_resources import grid_points
+from mergeflow.method_entries import base_method, is_adaptive
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,19 +64,11 @@ def forward_gflops(model: str) -> float:
     return 2 * macs / 1e9
 
 
-def grid_points(grid: dict) -> int:
-    return math.prod(len(v) if isinstance(v, list) else 1 for v in grid.values())
-
-
-ADAPTIVE = ("adamerging", "adamerging_cart", "adarank")
-ADAPTIVE_DEFAULT_STEPS = {"adamerging": 500, "adamerging_cart": 500, "adarank": 10000}
-
-
 def passes(config: dict) -> tuple[int, int]:
     """(val passes, test passes) of evaluate_reference and every merge_eval and adapt_eval job of a config."""
     val, test = 2, 2
     for entry, grid in config["methods"].items():
-        adaptive = entry.split("@")[0] in ADAPTIVE
+        adaptive = is_adaptive(entry)
         val += 1 if adaptive else grid_points(grid)
         ranks = grid.get("rank")
         test += len(ranks) if isinstance(ranks, list) and not adaptive else 1
@@ -84,9 +79,8 @@ def adaptation_images(config: dict) -> int:
     """Forward-pass equivalents of every adapt_eval job: steps × tasks × batch, × 3 for forward and backward."""
     total = 0
     for entry, settings in config["methods"].items():
-        name = entry.split("@")[0]
-        if name in ADAPTIVE:
-            steps = settings.get("steps", ADAPTIVE_DEFAULT_STEPS[name])
+        if is_adaptive(entry):
+            steps = settings.get("steps", SETTINGS_CLASSES[base_method(entry)].__dataclass_fields__["steps"].default)
             total += 3 * steps * len(config["tasks"]) * settings.get("batch_size", 16)
     return total
 
