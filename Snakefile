@@ -1,5 +1,9 @@
 # mergeflow: merge CLIP image encoders (CART and baselines), evaluate, and tabulate — every stage cached.
+import sys
+
 from snakemake.utils import min_version, validate
+
+from mergeflow.config_check import ConfigError, check_config
 
 min_version("8.20")
 
@@ -11,6 +15,13 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+# Every mistake in the config is reported here, as one message, before the DAG is built or any job starts.
+try:
+    check_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
+except ConfigError as err:
+    print(err, file=sys.stderr)
+    sys.exit(1)
+# The config is valid; this fills in the schema's defaults.
 validate(config, "workflow/schemas/config.schema.yaml")
 
 

@@ -143,6 +143,22 @@ def test_same_seed_same_coefficients_other_seed_different(setup, method: str) ->
     assert not torch.equal(first.learned.coefficients, other.learned.coefficients)
 
 
+@pytest.mark.parametrize("method", sorted(TRAINED))
+@pytest.mark.parametrize("tasks_per_pass", [1, 2])
+def test_task_groups_accumulate_the_same_gradient(setup, method: str, tasks_per_pass: int) -> None:
+    """Groups of 1 and 2 of the 3 tasks (one uneven) follow the one-pass run up to float rounding."""
+    settings = dataclasses.replace(TRAINED[method], steps=4)
+    whole = run(setup, settings)
+    grouped = run(setup, dataclasses.replace(settings, tasks_per_pass=tasks_per_pass))
+    assert np.allclose(grouped.task_entropy, whole.task_entropy, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(grouped.learned.coefficients, whole.learned.coefficients, rtol=1e-4, atol=1e-6)
+    assert not torch.equal(
+        grouped.learned.coefficients, run(setup, dataclasses.replace(settings, steps=0)).learned.coefficients
+    )
+    for key, mask in whole.learned.masks.items():
+        assert torch.equal(grouped.learned.masks[key], mask), key
+
+
 def test_labels_are_never_an_input(setup) -> None:
     """adapt has no labels parameter and UnlabeledTask no labels field: labelled splits are passed as their
     images only, so two corrupted label arrays beside the same images give the same coefficients."""
@@ -205,6 +221,8 @@ def test_bad_inputs_name_what_is_wrong(setup, tmp_path: Path) -> None:
         AdaMergingSettings(init=1.5)
     with pytest.raises(InputError, match="adamerging_cart: setting 'rank' must be a rank ratio in \\(0, 1\\]"):
         AdaMergingCartSettings(rank=0.0, lam=1.0)
+    with pytest.raises(InputError, match="adamerging: setting 'tasks_per_pass' must be None or an integer >= 1"):
+        AdaMergingSettings(tasks_per_pass=0)
     with pytest.raises(InputError, match="adarank: setting 'base'"):
         AdaRankSettings(base="ties", initial_rank=0.1, prior=1.0)
     save_state_dict(tmp_path / "other.safetensors", {"weight": torch.zeros(2)})

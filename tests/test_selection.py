@@ -1,6 +1,7 @@
 import pandas as pd
 
-from mergeflow.selection import as_rows, best_setting, expand_grid, selected_settings, setting_key, sweep_axis_of
+from mergeflow.method_entries import expand_grid
+from mergeflow.selection import as_rows, best_setting, selected_settings, setting_key, sweep_axis_of
 
 
 def test_grid_is_cartesian_with_first_key_slowest() -> None:

@@ -13,9 +13,9 @@ from tqdm import tqdm
 
 from mergeflow import merging
 from mergeflow.evaluate import EvalSettings, predict_staged, stage_splits
-from mergeflow.method_entries import base_method, factor_kind
+from mergeflow.method_entries import base_method, expand_grid, factor_kind
 from mergeflow.model import ModelSpec, check_weights
-from mergeflow.selection import as_rows, expand_grid, mark_selection, selected_settings, setting_key, sweep_axis_of
+from mergeflow.selection import as_rows, mark_selection, selected_settings, setting_key, sweep_axis_of
 from mergeflow.types import StateDict
 
 

@@ -5,6 +5,10 @@ Torch-free on purpose: the workflow imports it while building the DAG, in every 
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
 FACTOR_KIND = {"cart": "centered", "lowrank_ta": "original", "tsv_m": "original"}
 """Methods whose sweeps reuse SVD factors, and which task vectors they decompose
 (centered θ_t − θ_avg or original θ_t − θ_0)."""
@@ -26,3 +30,16 @@ def factor_kind(entry: str) -> str | None:
 
 def is_adaptive(entry: str) -> bool:
     return base_method(entry) in ADAPTIVE_METHODS
+
+
+def expand_grid(grid: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Cartesian product of the list-valued entries (in key order); scalars are held fixed.
+
+    `{"rank": [0, 0.5], "lam": [1, 2]}` → 4 settings, rank varying slowest.
+    """
+    keys = list(grid)
+    values = [list(v) if isinstance(v, (list, tuple)) else [v] for v in grid.values()]
+    for key, options in zip(keys, values):
+        if not options:
+            raise ValueError(f"hyper-parameter {key!r} has an empty list of values")
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -10,19 +9,6 @@ from typing import Any
 import pandas as pd
 
 SWEEP_AXIS = "rank"
-
-
-def expand_grid(grid: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Cartesian product of the list-valued entries (in key order); scalars are held fixed.
-
-    `{"rank": [0, 0.5], "lam": [1, 2]}` → 4 settings, rank varying slowest.
-    """
-    keys = list(grid)
-    values = [list(v) if isinstance(v, (list, tuple)) else [v] for v in grid.values()]
-    for key, options in zip(keys, values):
-        if not options:
-            raise ValueError(f"hyper-parameter {key!r} has an empty list of values")
-    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
 
 
 def setting_key(setting: Mapping[str, Any]) -> str:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from mergeflow.adaptive.artefact import LearnedMerge
 from mergeflow.adaptive.data import UnlabeledTask, check_tasks, shuffled_batches
-from mergeflow.adaptive.methods import build_adaptive_merge, trainable_for
+from mergeflow.adaptive.methods import Trainable, build_adaptive_merge, trainable_for
 from mergeflow.adaptive.objective import task_entropies
 from mergeflow.adaptive.parametrisation import AdaptiveMerge
 from mergeflow.adaptive.settings import MethodSettings
@@ -72,6 +72,54 @@ def _check_encoder(visual: torch.nn.Module, pretrained: StateDict) -> None:
         raise InputError(
             f"adaptation: pretrained keys do not match the encoder; missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+
+
+def task_groups(num_tasks: int, tasks_per_pass: int | None) -> list[list[int]]:
+    """Consecutive task indices, `tasks_per_pass` to a group (all in one group when None)."""
+    size = num_tasks if tasks_per_pass is None else tasks_per_pass
+    return [list(range(start, min(start + size, num_tasks))) for start in range(0, num_tasks, size)]
+
+
+def entropies_with_gradient(
+    visual: torch.nn.Module,
+    merge: AdaptiveMerge,
+    trainable: Trainable,
+    batches: Sequence[torch.Tensor],
+    heads: Sequence[torch.Tensor],
+    logit_scales: Sequence[torch.Tensor],
+    settings: MethodSettings,
+) -> torch.Tensor:
+    """[T] mean entropies (detached), with the gradient of their sum accumulated into the trainable tensors.
+
+    With several task groups the merged weights are detached into leaves: each group's backward pass stops
+    there, so only one group's activations are alive at a time, and one backward pass through the merge
+    carries the summed weight gradients to the coefficients and masks.
+    """
+    weights = merge.merged(trainable.coefficients, trainable.masks())
+    groups = task_groups(len(batches), settings.tasks_per_pass)
+    autocast = settings.bf16_autocast
+    if len(groups) == 1:
+        entropies = task_entropies(visual, weights, batches, heads, logit_scales, bf16_autocast=autocast)
+        entropies.sum().backward()
+        return entropies.detach()
+    leaves = dict(weights)
+    for key in merge.terms:
+        leaves[key] = weights[key].detach().requires_grad_(True)
+    parts = []
+    for group in groups:
+        part = task_entropies(
+            visual,
+            leaves,
+            [batches[index] for index in group],
+            [heads[index] for index in group],
+            [logit_scales[index] for index in group],
+            bf16_autocast=autocast,
+        )
+        part.sum().backward()
+        parts.append(part.detach())
+    moved = [key for key in merge.terms if leaves[key].grad is not None]
+    torch.autograd.backward([weights[key] for key in moved], [leaves[key].grad for key in moved])
+    return torch.cat(parts)
 
 
 def adapt(
@@ -111,12 +159,10 @@ def adapt(
     bar = tqdm(range(settings.steps), desc=settings.method, file=sys.stderr, disable=not progress, mininterval=1.0)
     for step in bar:
         batches = [images_to_tensor(task.images[next(order)], spec, target) for task, order in zip(tasks, orders)]
-        weights = merge.merged(trainable.coefficients, trainable.masks())
-        entropies = task_entropies(visual, weights, batches, heads, logit_scales, bf16_autocast=settings.bf16_autocast)
         optimizer.zero_grad(set_to_none=True)
-        entropies.sum().backward()
+        entropies = entropies_with_gradient(visual, merge, trainable, batches, heads, logit_scales, settings)
         optimizer.step()
         trainable.project_()
-        curve[step] = entropies.detach().cpu().numpy()
+        curve[step] = entropies.cpu().numpy()
         bar.set_postfix(entropy=f"{curve[step].sum():.4f}", refresh=False)
     return AdaptationResult(trainable.learned(settings, merge.columns), curve, merge)

@@ -32,7 +32,8 @@ def cmd_adapt_eval(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from mergeflow.adaptive import UnlabeledTask, save_learned_merge
-    from mergeflow.adaptive.job import adapt_and_evaluate, cart_selection, method_settings
+    from mergeflow.adaptive.job import adapt_and_evaluate, cart_selection
+    from mergeflow.adaptive.settings import method_settings
     from mergeflow.cli import _evaluator, _reference, _same_length, _setup, _task_splits
     from mergeflow.heads import load_head
     from mergeflow.io import atomic_path, load_state_dict

@@ -7,24 +7,17 @@ tables and figures read them alike. Test labels are read only after adaptation, 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import pandas as pd
 import torch
 
 from mergeflow.adaptive.adaptation import AdaptationResult, adapt
 from mergeflow.adaptive.data import UnlabeledTask
-from mergeflow.adaptive.settings import SETTINGS_CLASSES, MethodSettings, settings_to_json
+from mergeflow.adaptive.settings import MethodSettings, settings_to_json
 from mergeflow.io import InputError
 from mergeflow.merge_eval import EVAL_SPLITS, SweepEvaluator
-from mergeflow.method_entries import ADAPTIVE_METHODS, base_method
 from mergeflow.selection import as_rows, best_setting, mark_selection, setting_key
 from mergeflow.types import StateDict
-
-# A config value "selected" takes CART's val-selected setting: adamerging_cart's rank and lam, adarank's
-# initial_rank and prior (with base cart).
-SELECTED = "selected"
-FROM_CART = {"rank": "rank", "lam": "lam", "initial_rank": "rank", "prior": "lam"}
 
 
 def cart_selection(cart_rows: pd.DataFrame, source: str) -> dict[str, float]:
@@ -38,28 +31,6 @@ def cart_selection(cart_rows: pd.DataFrame, source: str) -> dict[str, float]:
         raise InputError(f"{source}: no val rows at a rank above 0; expected cart's merge_eval output")
     chosen = val[val["setting"] == best_setting(val)]
     return {"rank": float(chosen["rank"].iloc[0]), "lam": float(chosen["lam"].iloc[0])}
-
-
-def method_settings(entry: str, values: Mapping[str, Any], cart: Mapping[str, float] | None) -> MethodSettings:
-    """The settings of a config entry (`adamerging`, `adarank@ta`, ...): its values, "selected" resolved."""
-    name = base_method(entry)
-    if name not in SETTINGS_CLASSES:
-        raise InputError(f"methods.{entry}: not an adaptive method; expected one of {list(ADAPTIVE_METHODS)}")
-    resolved: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, list) and key not in ("betas", "clamp"):
-            raise InputError(f"methods.{entry}.{key}: adaptive methods take one value, not a grid; got {value!r}")
-        if value == SELECTED:
-            if key not in FROM_CART:
-                raise InputError(f"methods.{entry}.{key}: 'selected' applies only to {sorted(FROM_CART)}")
-            if cart is None:
-                raise InputError(f"methods.{entry}.{key}: 'selected' needs the cart method in the same config")
-            value = cart[FROM_CART[key]]
-        resolved[key] = tuple(value) if isinstance(value, list) else value
-    try:
-        return SETTINGS_CLASSES[name](**resolved)
-    except TypeError as err:
-        raise InputError(f"methods.{entry}: {err}") from None
 
 
 def adapt_and_evaluate(

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from mergeflow.io import InputError
+from mergeflow.method_entries import ADAPTIVE_METHODS, base_method
 
 GRANULARITIES = ("task", "layer")
 ADARANK_BASES = ("cart", "task_arithmetic")
@@ -45,11 +48,22 @@ class AdaptationSettings:
     seed: int = 0
     # CUDA only: the encoder's forward pass under bfloat16 autocast; merged weights and entropies stay float32.
     bf16_autocast: bool = False
+    # Tasks whose batches share one forward and backward pass; None: all of them. Smaller values hold the
+    # activations of fewer images at once (the peak memory of large encoders) and accumulate the gradient
+    # over the groups: the same objective, equal up to float rounding.
+    tasks_per_pass: int | None = None
 
     def __post_init__(self) -> None:
         name = self.method
         _require(self.steps >= 0, name, "steps", "an integer >= 0", self.steps)
         _require(self.batch_size >= 1, name, "batch_size", "an integer >= 1", self.batch_size)
+        _require(
+            self.tasks_per_pass is None or self.tasks_per_pass >= 1,
+            name,
+            "tasks_per_pass",
+            "None or an integer >= 1",
+            self.tasks_per_pass,
+        )
         _require(math.isfinite(self.lr) and self.lr > 0, name, "lr", "a positive number", self.lr)
         _require(
             len(self.betas) == 2 and all(0.0 <= beta < 1.0 for beta in self.betas),
@@ -164,3 +178,70 @@ def settings_from_json(obj: Mapping[str, Any], source: str) -> MethodSettings:
         return cls(**values)
     except TypeError as err:
         raise InputError(f"{source}: settings do not fit {method} ({err})") from None
+
+
+# A config value "selected" takes CART's val-selected setting: adamerging_cart's rank and lam, adarank's
+# initial_rank and prior (with base cart).
+SELECTED = "selected"
+FROM_CART = {"rank": "rank", "lam": "lam", "initial_rank": "rank", "prior": "lam"}
+
+
+def method_settings(entry: str, values: Mapping[str, Any], cart: Mapping[str, float] | None) -> MethodSettings:
+    """The settings of a config entry (`adamerging`, `adarank@ta`, ...): its values, "selected" resolved."""
+    name = base_method(entry)
+    if name not in SETTINGS_CLASSES:
+        raise InputError(f"methods.{entry}: not an adaptive method; expected one of {list(ADAPTIVE_METHODS)}")
+    resolved: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, list) and key not in ("betas", "clamp"):
+            raise InputError(f"methods.{entry}.{key}: adaptive methods take one value, not a grid; got {value!r}")
+        if value == SELECTED:
+            if key not in FROM_CART:
+                raise InputError(f"methods.{entry}.{key}: 'selected' applies only to {sorted(FROM_CART)}")
+            if cart is None:
+                raise InputError(f"methods.{entry}.{key}: 'selected' needs the cart method in the same config")
+            value = cart[FROM_CART[key]]
+        resolved[key] = tuple(value) if isinstance(value, list) else value
+    cls = SETTINGS_CLASSES[name]
+    hints = {key: hint for key, hint in typing.get_type_hints(cls).items() if typing.get_origin(hint) is not ClassVar}
+    for key, value in resolved.items():
+        if key not in hints:
+            raise InputError(f"methods.{entry}: unknown setting {key!r}; {name} accepts: {', '.join(hints)}")
+        if not _fits(value, hints[key]):
+            raise InputError(f"methods.{entry}.{key}: expected {_type_name(hints[key])}, got {value!r}")
+    missing = [field.name for field in dataclasses.fields(cls) if field.name not in resolved and _required(field)]
+    if missing:
+        raise InputError(f"methods.{entry}: missing setting(s) {missing}, required by {name}")
+    try:
+        return cls(**resolved)
+    except InputError as err:
+        message = str(err).removeprefix(f"{name}: ")
+        raise InputError(f"methods.{entry}: {message}") from None
+
+
+def _required(field: dataclasses.Field[Any]) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a config value has the type a settings field declares (bool is not a number here)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is Literal:
+        return value in args
+    if origin is tuple:
+        return isinstance(value, tuple) and len(value) == len(args) and all(map(_fits, value, args))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("NoneType", "null").replace("<class '", "").replace("'>", "")

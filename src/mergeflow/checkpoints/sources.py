@@ -213,12 +213,15 @@ def locate_url(options: Options, model: str, task: str, cache_dir: str | None, p
     return Located(path, f"{url} ({path})", "auto", options.text("key_prefix"), provenance)
 
 
+_ADAPTERS: dict[str, Adapter] = {
+    "tall_masks": locate_tall_masks,
+    "cart_authors": locate_cart_authors,
+    "fusionbench": locate_fusionbench,
+    "local": locate_local,
+    "url": locate_url,
+}
 SOURCES: dict[str, tuple[Adapter, frozenset[str]]] = {
-    "tall_masks": (locate_tall_masks, frozenset({"revision", "repo_id"})),
-    "cart_authors": (locate_cart_authors, frozenset({"revision", "repo_id", "pattern", "key_prefix"})),
-    "fusionbench": (locate_fusionbench, frozenset({"revision"})),
-    "local": (locate_local, frozenset({"directory", "pattern", "key_prefix"})),
-    "url": (locate_url, frozenset({"urls", "key_prefix"})),
+    kind: (adapter, tables.SOURCE_KEYS[kind]) for kind, adapter in _ADAPTERS.items()
 }
 
 

@@ -27,6 +27,16 @@ from mergeflow.image_tasks.registry import TASKS_20
 
 TASKS: tuple[str, ...] = TASKS_20
 
+# The config keys each `finetuned.source` reads besides `source` and `allow_pickle` (checkpoints.sources).
+SOURCE_KEYS: dict[str, frozenset[str]] = {
+    "finetune": frozenset(),
+    "tall_masks": frozenset({"revision", "repo_id"}),
+    "cart_authors": frozenset({"revision", "repo_id", "pattern", "key_prefix"}),
+    "fusionbench": frozenset({"revision"}),
+    "local": frozenset({"directory", "pattern", "key_prefix"}),
+    "url": frozenset({"urls", "key_prefix"}),
+}
+
 # --- TALL masks -------------------------------------------------------------------------------------------------
 TALL_MASKS_REPO = "nik-dim/tall_masks"
 TALL_MASKS_PATTERN = "single_task/{model_dir}/{task_dir}/nonlinear_finetuned.pt"

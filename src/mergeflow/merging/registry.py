@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mergeflow.io import InputError
-from mergeflow.merging import methods
-from mergeflow.merging.context import Placement, TensorContext, TensorDirection
 from mergeflow.merging.hparams import Choice, HParam, HParamValueError, Integer, Real, RealOrPerTask
-from mergeflow.merging.methods.consensus import consensus_statistics
-from mergeflow.merging.methods.dare import dare_statistics
-from mergeflow.merging.methods.ties import ties_method_statistics
-from mergeflow.merging.sources import TensorSource
 
-Statistics = Callable[[TensorSource, Mapping[str, Any], Placement, bool], Any]
+if TYPE_CHECKING:
+    from mergeflow.merging.context import Placement, TensorContext, TensorDirection
+    from mergeflow.merging.sources import TensorSource
+
+Statistics = Callable[["TensorSource", Mapping[str, Any], "Placement", bool], Any]
+
+
+def _rule(module: str, name: str) -> Callable[..., Any]:
+    """`mergeflow.merging.methods.<module>.<name>`, imported at its first call.
+
+    The registry's names and hyper-parameters are then readable without torch: the workflow checks every
+    config grid point against them before any job starts, and Snakemake's start-up stays fast.
+    """
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(f"mergeflow.merging.methods.{module}"), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
 
 
 @dataclass(frozen=True)
@@ -51,9 +64,11 @@ _BASES = ("task_arithmetic", "ties")
 METHODS: dict[str, MergeMethod] = {
     method.name: method
     for method in (
-        MergeMethod("zeroshot", "the pretrained encoder θ_0, untouched", (), methods.zeroshot),
-        MergeMethod("weight_averaging", "θ_avg, the mean of the fine-tuned encoders", (), methods.weight_averaging),
-        MergeMethod("task_arithmetic", "θ_0 + λ Σ τ_t", (_lam(0.3),), methods.task_arithmetic),
+        MergeMethod("zeroshot", "the pretrained encoder θ_0, untouched", (), _rule("averaging", "zeroshot")),
+        MergeMethod(
+            "weight_averaging", "θ_avg, the mean of the fine-tuned encoders", (), _rule("averaging", "weight_averaging")
+        ),
+        MergeMethod("task_arithmetic", "θ_0 + λ Σ τ_t", (_lam(0.3),), _rule("averaging", "task_arithmetic")),
         MergeMethod(
             "ties",
             "trim each τ_t to its top-k fraction, elect signs, merge agreeing entries",
@@ -62,8 +77,8 @@ METHODS: dict[str, MergeMethod] = {
                 _lam(1.0),
                 Choice("merge", "mean", "how agreeing entries are combined", ("mean", "sum")),
             ),
-            methods.ties,
-            statistics=ties_method_statistics,
+            _rule("ties", "ties"),
+            statistics=_rule("ties", "ties_method_statistics"),
         ),
         MergeMethod(
             "dare",
@@ -74,11 +89,14 @@ METHODS: dict[str, MergeMethod] = {
                 Choice("base", "task_arithmetic", "method applied to the rescaled task vectors", _BASES),
                 Integer("seed", 0, "seed of the drop masks (mixed with task index and key)"),
             ),
-            methods.dare,
-            statistics=dare_statistics,
+            _rule("dare", "dare"),
+            statistics=_rule("dare", "dare_statistics"),
         ),
         MergeMethod(
-            "magmax", "per coordinate the task-vector entry of largest magnitude", (_lam(1.0),), methods.magmax
+            "magmax",
+            "per coordinate the task-vector entry of largest magnitude",
+            (_lam(1.0),),
+            _rule("averaging", "magmax"),
         ),
         MergeMethod(
             "consensus",
@@ -89,18 +107,21 @@ METHODS: dict[str, MergeMethod] = {
                 _lam(0.3),
                 Choice("base", "task_arithmetic", "task vector that the consensus mask is applied to", _BASES),
             ),
-            methods.consensus,
-            statistics=consensus_statistics,
+            _rule("consensus", "consensus"),
+            statistics=_rule("consensus", "consensus_statistics"),
         ),
         MergeMethod(
             "tsv_m",
             "task singular vectors: top r/T triplets per task, orthogonalised, on every 2-D tensor",
             (_lam(1.0),),
-            methods.tsv_m,
+            _rule("singular", "tsv_m"),
             factors="original",
         ),
         MergeMethod(
-            "iso_c", "flatten the spectrum of Σ τ_t to its mean on every 2-D tensor", (_lam(1.0),), methods.iso_c
+            "iso_c",
+            "flatten the spectrum of Σ τ_t to its mean on every 2-D tensor",
+            (_lam(1.0),),
+            _rule("singular", "iso_c"),
         ),
         MergeMethod(
             "iso_cts",
@@ -109,20 +130,20 @@ METHODS: dict[str, MergeMethod] = {
                 _lam(1.0),
                 Real("common_fraction", 0.8, "fraction of the spectrum given to the common subspace", 0.0, 1.0),
             ),
-            methods.iso_cts,
+            _rule("singular", "iso_cts"),
         ),
         MergeMethod(
             "lowrank_ta",
             "task arithmetic with rank-k task vectors on the residual blocks' attention/MLP matrices",
             (_rank(), _lam(0.3)),
-            methods.lowrank_ta,
+            _rule("lowrank", "lowrank_ta"),
             factors="original",
         ),
         MergeMethod(
             "cart",
             "CART: θ_avg + λ Σ rank-k centered task vectors on the residual blocks' attention/MLP matrices",
             (_rank(), _lam(1.0)),
-            methods.cart,
+            _rule("lowrank", "cart"),
             factors="centered",
         ),
     )

@@ -1,0 +1,272 @@
+"""The workflow config, checked before any job starts: the schema, then every cross-field rule, as one message.
+
+Torch-free on purpose: the Snakefile runs it at every start-up. Each problem reads "<config key path>: what
+is wrong (what is allowed)"; all of them are reported at once, so that one run shows every mistake.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import jsonschema
+import yaml
+
+from mergeflow.adaptive.settings import FROM_CART, SELECTED, method_settings
+from mergeflow.checkpoints import tables
+from mergeflow.image_tasks.registry import TASKS as IMAGE_TASKS
+from mergeflow.io import InputError
+from mergeflow.merging.registry import METHODS, resolve_hparams
+from mergeflow.method_entries import ADAPTIVE_METHODS, base_method, expand_grid, is_adaptive
+from mergeflow.tiny.tasks import TINY_TASKS
+
+# Config values that become one component of a path under results/.
+_PATH_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*")
+# Stands in for CART's val-selected setting, which exists only once cart has run.
+_SELECTED_PLACEHOLDER = {"rank": 0.1, "lam": 1.0}
+
+
+class ConfigError(InputError):
+    """The config breaks the schema or a cross-field rule; `problems` holds one line per mistake."""
+
+    def __init__(self, problems: Sequence[str], source: str = "config") -> None:
+        self.problems = list(problems)
+        count = f"{len(self.problems)} problem" + ("s" if len(self.problems) != 1 else "")
+        listed = "\n".join(f"  - {problem}" for problem in self.problems)
+        super().__init__(f"invalid {source} ({count}):\n{listed}")
+
+
+def key_path(parts: Sequence[str | int]) -> str:
+    """("methods", "cart", "rank", 2) → "methods.cart.rank[2]"; the empty path is the document itself."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _close(name: str, known: Sequence[str]) -> str:
+    matches = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {matches[0]!r}?)" if matches else ""
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """One schema violation in words, with what the schema allows there."""
+    schema = error.schema if isinstance(error.schema, Mapping) else {}
+    kind, instance = error.validator, error.instance
+    if kind == "additionalProperties" and isinstance(instance, Mapping):
+        allowed = sorted(schema.get("properties", {}))
+        unknown = sorted(str(key) for key in instance if key not in allowed)
+        hints = "".join(_close(key, allowed) for key in unknown)
+        return f"unknown key(s) {unknown}{hints}; allowed: {allowed}"
+    if kind == "required":
+        return error.message.replace("is a required property", "is required here")
+    if kind == "enum":
+        return f"{instance!r} is not allowed; expected one of {list(error.validator_value)}"
+    if kind == "const":
+        return f"{instance!r} is not allowed here; expected {error.validator_value!r}"
+    if kind == "type":
+        return f"expected {error.validator_value}, got {instance!r} ({type(instance).__name__})"
+    if kind == "pattern":
+        described = f" ({schema['description']})" if "description" in schema else ""
+        return f"{instance!r} does not match {error.validator_value!r}{described}"
+    return error.message
+
+
+def _leaves(error: jsonschema.ValidationError) -> Iterator[jsonschema.ValidationError]:
+    """The most specific violations: oneOf/anyOf report their closest branch, not the whole schema."""
+    if error.context:
+        yield jsonschema.exceptions.best_match(error.context)
+    else:
+        yield error
+
+
+def _conditions(schema: Any, prefix: Sequence[str] = ()) -> list[str]:
+    """An `if` clause's `const` and `enum` tests in words: "model.source is 'pretrain'"."""
+    if not isinstance(schema, Mapping):
+        return []
+    if "const" in schema:
+        return [f"{'.'.join(prefix)} is {schema['const']!r}"]
+    if "enum" in schema:
+        return [f"{'.'.join(prefix)} is one of {list(schema['enum'])}"]
+    if isinstance(schema.get("not"), Mapping) and "required" in schema["not"]:
+        return [f"{'.'.join([*prefix, key])} is not set" for key in schema["not"]["required"]]
+    found = []
+    for key, sub in schema.get("properties", {}).items():
+        found += _conditions(sub, [*prefix, key])
+    return found
+
+
+def _because(error: jsonschema.ValidationError, schema: Mapping[str, Any]) -> str:
+    """For a violation inside an `allOf` item's `then`, the condition that made the rule apply."""
+    path = list(error.absolute_schema_path)
+    if len(path) > 2 and path[0] == "allOf" and path[2] == "then":
+        conditions = _conditions(schema["allOf"][path[1]].get("if", {}))
+        if conditions:
+            return f" (because {' and '.join(conditions)})"
+    return ""
+
+
+def schema_problems(config: Any, schema: Mapping[str, Any]) -> list[str]:
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = []
+    for error in validator.iter_errors(config):
+        for leaf in _leaves(error):
+            path = list(leaf.absolute_path)
+            if "propertyNames" in leaf.absolute_schema_path and isinstance(leaf.instance, str):
+                path.append(leaf.instance)
+            problems.append(f"{key_path(path)}: {_describe(leaf)}{_because(leaf, schema)}")
+    return sorted(set(problems))
+
+
+def _known_tasks(source: str) -> dict[str, str]:
+    """Task names the data source serves, each with the source's name for it in messages."""
+    if source == "tiny":
+        return {name: "tiny" for name in TINY_TASKS}
+    if source == "torchvision":
+        return {name: "torchvision" for name, task in IMAGE_TASKS.items() if task.torchvision is not None}
+    return {name: "huggingface" for name in IMAGE_TASKS}
+
+
+def task_problems(config: Mapping[str, Any]) -> list[str]:
+    source = config["data"]["source"]
+    known = sorted(_known_tasks(source))
+    problems = [
+        f"tasks[{index}]: unknown task {name!r} for data.source {source!r}{_close(name, known)}; known: {known}"
+        for index, name in enumerate(config["tasks"])
+        if name not in known
+    ]
+    if config["model"]["source"] == "pretrain":
+        tiny = sorted(TINY_TASKS)
+        for index, name in enumerate(config.get("pretrain", {}).get("tasks", [])):
+            if name not in TINY_TASKS:
+                problems.append(
+                    f"pretrain.tasks[{index}]: unknown tiny task {name!r}{_close(name, tiny)}; known: {tiny}"
+                )
+    return problems
+
+
+def _path_problem(value: Any, key: str) -> str | None:
+    if isinstance(value, str) and _PATH_COMPONENT.fullmatch(value) and value not in (".", ".."):
+        return None
+    return (
+        f"{key}: {value!r} names a folder under results/, so it must be one path component of letters, digits, "
+        "'_', '.', '@' or '-' that does not start with '.' or '-' ('..' and '/' would leave results/)"
+    )
+
+
+def path_problems(config: Mapping[str, Any]) -> list[str]:
+    """Every config value that becomes part of an output path stays one component inside results/."""
+    named: list[tuple[Any, str]] = [(config["benchmark"], "benchmark"), (config["model"]["name"], "model.name")]
+    named += [(task, f"tasks[{index}]") for index, task in enumerate(config["tasks"])]
+    named += [(entry, f"methods.{entry}") for entry in config["methods"]]
+    problems = [problem for value, key in named if (problem := _path_problem(value, key)) is not None]
+    shipped = config["model"].get("shipped")
+    if shipped is not None:
+        parts = PurePosixPath(shipped).parts
+        if os.path.isabs(shipped) or ".." in parts:
+            problems.append(
+                f"model.shipped: {shipped!r} must be a folder inside the repository (relative, without '..')"
+            )
+    return problems
+
+
+def _static_problems(entry: str, grid: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for point in expand_grid(grid):
+        try:
+            resolve_hparams(base_method(entry), point)
+        except InputError as err:
+            problems.append(f"methods.{entry}: {str(err).removeprefix(base_method(entry) + ': ')}")
+    return list(dict.fromkeys(problems))
+
+
+def _adaptive_problems(entry: str, values: Mapping[str, Any], has_cart: bool, config: Mapping[str, Any]) -> list[str]:
+    cart = _SELECTED_PLACEHOLDER if has_cart else None
+    try:
+        settings = method_settings(entry, values, cart)
+    except InputError as err:
+        return [str(err)]
+    test_size = config["data"].get("test_size") if config["data"]["source"] == "tiny" else None
+    if test_size is not None and settings.batch_size > test_size:
+        return [f"methods.{entry}.batch_size: {settings.batch_size} is more than data.test_size {test_size} images"]
+    return []
+
+
+def method_problems(config: Mapping[str, Any]) -> list[str]:
+    """Every grid point of every entry through the registry's (or the adaptive settings') own validation."""
+    methods = config["methods"]
+    problems = []
+    for entry, values in methods.items():
+        name = base_method(entry)
+        if name not in METHODS and name not in ADAPTIVE_METHODS:
+            known = [*METHODS, *ADAPTIVE_METHODS]
+            problems.append(f"methods.{entry}: unknown method {name!r}{_close(name, known)}; known: {known}")
+        elif is_adaptive(entry):
+            problems += _adaptive_problems(entry, values, "cart" in methods, config)
+        else:
+            selected = [key for key, value in values.items() if value == SELECTED]
+            problems += [
+                f"methods.{entry}.{key}: 'selected' is only for adaptive methods' {sorted(FROM_CART)}"
+                for key in selected
+            ]
+            if not selected:
+                problems += _static_problems(entry, values)
+    return problems
+
+
+def _finetuned_problems(config: Mapping[str, Any]) -> list[str]:
+    """The fine-tuned source has a checkpoint for the model and every task, and reads only its own keys."""
+    block = config.get("finetuned", {"source": "finetune"})
+    kind, model, tasks = block["source"], config["model"]["name"], config["tasks"]
+    problems = []
+    if kind in ("tall_masks", "fusionbench"):
+        models, task_table = {
+            "tall_masks": (tables.TALL_MASKS_MODEL_DIRS, tables.TALL_MASKS_TASK_DIRS),
+            "fusionbench": (tables.FUSIONBENCH_MODELS, tables.FUSIONBENCH_SLUGS),
+        }[kind]
+        if model not in models:
+            problems.append(
+                f"model.name: finetuned.source {kind!r} has no checkpoints for {model!r}; it has {sorted(models)}"
+            )
+        problems += [
+            f"tasks: finetuned.source {kind!r} has no checkpoint for {task!r}"
+            for task in tasks
+            if task not in task_table
+        ]
+    elif kind == "cart_authors":
+        if "repo_id" not in block and model not in tables.CART_REPOS:
+            problems.append(f"finetuned.repo_id: required, as 'cart_authors' has no repository for {model!r}")
+        problems += [
+            f"tasks: finetuned.source 'cart_authors' has no checkpoint for {task!r}"
+            for task in tasks
+            if task not in tables.TASKS
+        ]
+    elif kind == "url":
+        urls = block.get("urls", {})
+        problems += [f"finetuned.urls: no entry for task {task!r}" for task in tasks if task not in urls]
+    elif kind == "local" and "directory" not in block:
+        problems.append("finetuned.directory: required by source 'local'")
+    accepted = {"source", "allow_pickle"} | tables.SOURCE_KEYS.get(kind, frozenset())
+    unknown = sorted(set(block) - accepted)
+    if unknown:
+        problems.append(f"finetuned: unknown key(s) {unknown} for source {kind!r}; allowed: {sorted(accepted)}")
+    return problems
+
+
+def cross_field_problems(config: Mapping[str, Any]) -> list[str]:
+    """The rules a schema cannot state; they assume the config already passed the schema."""
+    return path_problems(config) + task_problems(config) + method_problems(config) + _finetuned_problems(config)
+
+
+def check_config(config: Any, schema_path: str | os.PathLike[str], source: str = "config") -> None:
+    """ConfigError listing every problem of `config`; the cross-field rules run once the schema holds."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    problems = schema_problems(config, schema)
+    if not problems:
+        problems = cross_field_problems(config)
+    if problems:
+        raise ConfigError(problems, source)
