@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,3 +52,22 @@ def test_a_state_dict_with_nan_or_inf_is_refused_by_file_and_key(tmp_path, caplo
     args = ["decompose", "--pretrained", str(tmp_path / "good.safetensors"), "--kind", "original", "--out", str(out)]
     assert main([*args, "--finetuned", str(tmp_path / "good.safetensors"), str(tmp_path / "nan.safetensors")]) == 2
     assert "nan.safetensors: key 'w' holds 1 NaN or Inf" in caplog.text and not out.exists()
+
+
+def test_same_tensors_and_metadata_give_the_same_bytes_in_every_process(tmp_path: Path) -> None:
+    """safetensors writes metadata in hash-map order, different per process; save_state_dict sorts it."""
+    script = (
+        "import sys, torch\n"
+        "from mergeflow.io import save_state_dict\n"
+        "tensors = {'w': torch.arange(6.0).reshape(2, 3), 'b': torch.ones(2, dtype=torch.float16)}\n"
+        "save_state_dict(sys.argv[1], tensors, {'model': 'tiny-clip', 'task': 'shapes', 'note': 'θ_t', 'seed': '0'})\n"
+    )
+    paths = [tmp_path / f"run{index}.safetensors" for index in range(4)]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True, timeout=120)
+    assert len({path.read_bytes() for path in paths}) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(paths[0]), "pt") as handle:
+        assert handle.metadata() == {"model": "tiny-clip", "task": "shapes", "note": "θ_t", "seed": "0"}
+    assert torch.equal(load_state_dict(paths[0])["w"], torch.arange(6.0).reshape(2, 3))

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import struct
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -60,13 +61,38 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 def save_state_dict(
     path: str | os.PathLike[str], state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> None:
-    """Write tensors as safetensors atomically (contiguous CPU copies, keys sorted by safetensors)."""
+    """Write tensors as safetensors atomically (contiguous CPU copies, keys sorted by safetensors).
+
+    The same tensors and metadata always give the same bytes (`sorted_metadata_header`).
+    """
     # torch is imported on use so that torch-free verbs (data preparation, reports) start fast.
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in state_dict.items()}
+    data = sorted_metadata_header(save(tensors, metadata=dict(metadata) if metadata else None))
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=dict(metadata) if metadata else None)
+        tmp.write_bytes(data)
+
+
+def sorted_metadata_header(data: bytes) -> bytes:
+    """A safetensors file's bytes with its `__metadata__` entries in sorted key order.
+
+    safetensors writes metadata in hash-map order, which differs from one process to the next, so two
+    runs would write the same tensors with different bytes. Reordering JSON object entries keeps the
+    header's length, and the tensor offsets are relative to the header's end, so only the order changes.
+    """
+    (length,) = struct.unpack("<Q", data[:8])
+    raw = data[8 : 8 + length]
+    header = json.loads(raw, object_pairs_hook=dict)
+    metadata = header.get("__metadata__")
+    if not isinstance(metadata, dict) or len(metadata) < 2:
+        return data
+    header["__metadata__"] = dict(sorted(metadata.items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    padded = text + b" " * (length - len(text))
+    if len(padded) != length or json.loads(padded) != json.loads(raw):
+        raise RuntimeError("reordering the safetensors metadata would change the header's content or length")
+    return data[:8] + padded + data[8 + length :]
 
 
 def load_state_dict(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> StateDict:
