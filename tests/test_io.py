@@ -17,6 +17,27 @@ def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_writer_killed_mid_write_leaves_no_finished_file_and_the_next_write_cleans_up(tmp_path: Path) -> None:
+    target = tmp_path / "out.bin"
+    script = (
+        "import sys, time\n"
+        "from mergeflow.io import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    with open(tmp, 'wb') as handle:\n"
+        "        handle.write(b'half'); handle.flush(); print('writing', flush=True); time.sleep(60)\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
+    writer.kill()
+    writer.wait(timeout=30)
+    assert not target.exists()
+    [stale] = tmp_path.iterdir()  # the killed writer's temporary file, which no reader takes for the output
+    assert stale.name.startswith(".out.bin.") and stale.name.endswith(".tmp")
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"whole")
+    assert [path.name for path in tmp_path.iterdir()] == ["out.bin"] and target.read_bytes() == b"whole"
+
+
 def test_state_dict_round_trip_is_exact(tmp_path: Path) -> None:
     state = {"w": torch.randn(3, 4), "b": torch.arange(5, dtype=torch.int64)}
     save_state_dict(tmp_path / "m.safetensors", state, {"model": "x"})

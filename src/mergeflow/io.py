@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -26,10 +27,14 @@ class InputError(ValueError):
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
 
-    A killed or failing writer therefore never leaves a file that looks finished.
+    A killed or failing writer therefore never leaves a file that looks finished. The temporary files
+    that a killed writer (`kill -9`, a lost node) left for the same target are removed first: one job
+    writes one output (Snakemake's contract), so they belong to no live writer.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)

@@ -1,0 +1,96 @@
+"""A run killed with SIGKILL (the whole Snakemake process group, as a lost node or an OOM kill would) during a
+fine-tuning job and again during a merge_eval sweep resumes to exactly the bytes of an uninterrupted run."""
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+# The shipped θ_0 still matches (model, pretrain and domain style unchanged); everything else is small.
+CONFIG = copy.deepcopy(DEFAULT)
+CONFIG.update(
+    benchmark="interrupted",
+    tasks=["shapes", "colours"],
+    methods={
+        "weight_averaging": {},
+        "task_arithmetic": {"lam": [0.2, 0.3, 0.5]},
+        "cart": {"rank": [0.0, 0.1, 0.5], "lam": [1.0, 2.0, 4.0]},
+    },
+)
+CONFIG["data"].update(train_size=300, test_size=100)
+CONFIG["finetune"].update(steps=60, batch_size=32)
+# Run records (logs, timings) legitimately differ between runs; every other file must be identical.
+VARYING = ("logs", "benchmarks")
+
+
+def command(workdir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+            "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]  # fmt: skip
+
+
+def unlock(workdir: Path) -> None:
+    """What a user does after a crash: the killed Snakemake left its lock behind."""
+    run = subprocess.run(command(workdir, "--unlock"), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def run_to_end(workdir: Path) -> None:
+    unlock(workdir)
+    run = subprocess.run(command(workdir), capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-5000:]
+
+
+def kill_when_running(workdir: Path, rule: str) -> None:
+    """Start the workflow and SIGKILL its process group once a `rule` job has been running for a moment."""
+    unlock(workdir)
+    process = subprocess.Popen(command(workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)  # fmt: skip
+    logs = workdir / "results" / "logs" / rule
+    deadline = time.monotonic() + 600
+    while not (logs.is_dir() and any(logs.rglob("*.log"))):
+        assert process.poll() is None, f"the workflow ended before a {rule} job started"
+        assert time.monotonic() < deadline, f"no {rule} job started within 10 minutes"
+        time.sleep(0.05)
+    time.sleep(1.0)
+    assert process.poll() is None, f"the workflow ended while its {rule} job ran"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    time.sleep(1.0)  # forked jobs see their client's socket close and are killed
+
+
+def outputs(workdir: Path) -> dict[str, bytes]:
+    results = workdir / "results"
+    return {
+        str(path.relative_to(results)): path.read_bytes()
+        for path in sorted(results.rglob("*"))
+        if path.is_file() and path.relative_to(results).parts[0] not in VARYING
+    }
+
+
+def test_killed_runs_resume_to_the_bytes_of_an_uninterrupted_run(tmp_path: Path) -> None:
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    for workdir in (reference, interrupted):
+        workdir.mkdir()
+        (workdir / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    run_to_end(reference)
+
+    kill_when_running(interrupted, "finetune")
+    finetuned = list((interrupted / "results" / "finetuned").rglob("*.safetensors"))
+    assert len(finetuned) < len(CONFIG["tasks"])  # killed before every encoder was written
+    kill_when_running(interrupted, "merge_eval")
+    evaluations = interrupted / "results" / "interrupted" / "tiny-clip" / "eval"
+    assert not (evaluations / "cart.csv").exists() or not (evaluations / "task_arithmetic.csv").exists()
+    run_to_end(interrupted)
+
+    expected, actual = outputs(reference), outputs(interrupted)
+    assert any(name.endswith("tables/main.csv") for name in expected)
+    assert sorted(actual) == sorted(expected)
+    assert [name for name in expected if actual[name] != expected[name]] == []
+    assert not [path for path in (interrupted / "results").rglob("*") if path.name.endswith(".tmp")]
