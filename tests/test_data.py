@@ -44,7 +44,10 @@ def test_write_task_round_trips_every_split(tmp_path: Path) -> None:
 
 
 def test_missing_split_names_the_file(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="val_images.npy"):
+    with pytest.raises(InputError, match="classnames.json: file not found"):
+        load_split(tmp_path, "val")
+    (tmp_path / "classnames.json").write_text('{"classnames": ["a"], "templates": ["a {}"]}')
+    with pytest.raises(InputError, match="val_images.npy: file not found"):
         load_split(tmp_path, "val")
     with pytest.raises(InputError, match="unknown split"):
         load_split(tmp_path, "dev")

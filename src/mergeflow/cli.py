@@ -185,7 +185,7 @@ def cmd_build_head(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from mergeflow.data import load_split
+    from mergeflow.data import check_head_fits, load_split
     from mergeflow.finetune import FinetuneSettings, finetune_image_encoder
     from mergeflow.heads import load_head
     from mergeflow.io import save_state_dict
@@ -195,6 +195,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     spec = load_spec(args.model_dir)
     visual = load_image_encoder(args.model_dir)
     head, logit_scale = load_head(args.head)
+    check_head_fits(head, args.head, args.data_dir)
     images, labels = load_split(args.data_dir, "train")
     settings = FinetuneSettings(
         args.steps,
@@ -215,14 +216,16 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _task_splits(args: argparse.Namespace) -> list:
-    from mergeflow.data import load_split
+    from mergeflow.data import check_head_fits, load_split
     from mergeflow.heads import load_head
     from mergeflow.merge_eval import TaskSplits
 
-    return [
-        TaskSplits(task, load_head(head)[0], load_split(data, "val"), load_split(data, "test"))
-        for task, head, data in zip(args.tasks, args.heads, args.data)
-    ]
+    splits = []
+    for task, head_path, data in zip(args.tasks, args.heads, args.data):
+        head = load_head(head_path)[0]
+        check_head_fits(head, head_path, data)
+        splits.append(TaskSplits(task, head, load_split(data, "val"), load_split(data, "test")))
+    return splits
 
 
 def _evaluator(args: argparse.Namespace, device: object, pretrained: object, splits: list | None = None) -> object:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,20 +52,53 @@ def save_split(task_dir: str | os.PathLike[str], split: str, images: np.ndarray,
     _save_array(directory / f"{split}_labels.npy", labels.astype(np.int64))
 
 
+def _load_array(path: Path, *, mmap: bool) -> np.ndarray:
+    if not path.is_file():
+        raise InputError(f"{path}: file not found (run the prepare_data rule for this task)")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise InputError(f"{path}: not a readable .npy array, truncated or corrupt? ({err})") from None
+
+
 def load_split(task_dir: str | os.PathLike[str], split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images are memory-mapped: a job reads only the batches it uses."""
+    """One split's uint8 NHWC images (memory-mapped: a job reads only the batches it uses) and labels.
+
+    InputError naming the file when a file is missing or unreadable, the images are not uint8 NHWC RGB,
+    the labels are not one integer per image within the task's classes, or the split is empty.
+    """
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}; expected one of {SPLITS}")
     directory = Path(task_dir)
-    paths = [directory / f"{split}_images.npy", directory / f"{split}_labels.npy"]
-    for path in paths:
-        if not path.is_file():
-            raise InputError(f"{path}: file not found (run the prepare_data rule for this task)")
-    images = np.load(paths[0], mmap_mode="r", allow_pickle=False)
-    labels = np.load(paths[1], allow_pickle=False)
+    num_classes = len(load_classes(directory).classnames)
+    images_path, labels_path = directory / f"{split}_images.npy", directory / f"{split}_labels.npy"
+    images = _load_array(images_path, mmap=True)
+    labels = _load_array(labels_path, mmap=False)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise InputError(f"{images_path}: expected uint8 images [N, H, W, 3], got {images.dtype} {list(images.shape)}")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"{labels_path}: expected integer labels [N], got {labels.dtype} {list(labels.shape)}")
     if images.shape[0] != labels.shape[0]:
         raise InputError(f"{directory}: {split} has {images.shape[0]} images but {labels.shape[0]} labels")
+    if len(labels) == 0:
+        raise InputError(f"{directory}: the {split} split is empty")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise InputError(
+            f"{labels_path}: labels range over [{low}, {high}], outside the {num_classes} classes of "
+            f"{directory / 'classnames.json'}"
+        )
     return images, labels
+
+
+def check_head_fits(head: Any, head_path: str | os.PathLike[str], task_dir: str | os.PathLike[str]) -> None:
+    """InputError when a head's class count [C, D] differs from the task data's number of classes."""
+    num_classes = len(load_classes(task_dir).classnames)
+    if head.shape[0] != num_classes:
+        raise InputError(
+            f"{head_path}: head has {head.shape[0]} classes but {Path(task_dir) / 'classnames.json'} has "
+            f"{num_classes}; rebuild the head for this data"
+        )
 
 
 def save_classes(task_dir: str | os.PathLike[str], task: str, classes: TaskClasses) -> None:

@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from mergeflow import merging
 from mergeflow.evaluate import EvalSettings, predict_staged, stage_splits
+from mergeflow.io import InputError
 from mergeflow.method_entries import base_method, expand_grid, factor_kind
 from mergeflow.model import ModelSpec, check_weights
 from mergeflow.selection import as_rows, mark_selection, selected_settings, setting_key, sweep_axis_of
@@ -48,6 +49,13 @@ class SweepEvaluator:
         device: torch.device,
         settings: EvalSettings,
     ) -> None:
+        embed_dim = int(spec.open_clip_config["embed_dim"])
+        for task in tasks:
+            if task.head.ndim != 2 or task.head.shape[1] != embed_dim:
+                raise InputError(
+                    f"task {task.name!r}: head of shape {list(task.head.shape)} does not fit {spec.name}'s "
+                    f"[num_classes, {embed_dim}] features; rebuild the head with this model"
+                )
         self.visual = visual.to(device).eval()
         self.spec = spec
         self.settings = settings
