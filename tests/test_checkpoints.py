@@ -523,6 +523,34 @@ def test_pickled_module_needs_allow_pickle(tmp_path: Path, theta_0: StateDict, t
     _assert_exactly(out, theta_t)
 
 
+class _RunsCodeWhenUnpickled:
+    """Unpickling this calls Path.touch on the marker: a stand-in for code a malicious checkpoint would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (Path.touch, (self.marker,))
+
+
+def test_crafted_pickle_runs_no_code_without_allow_pickle(tmp_path: Path, theta_0: StateDict) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    marker = tmp_path / "code_ran"
+    torch.save({"state_dict": dict(theta_0), "payload": _RunsCodeWhenUnpickled(marker)}, models / "Cars.pt")
+    block = {"source": "local", "directory": str(models), "pattern": "{task}.pt"}
+    out = tmp_path / "out" / "Cars.safetensors"
+    with pytest.raises(InputError, match=r"Cars\.pt: the file holds pickled Python objects.*allow_pickle: true"):
+        fetch_finetuned(block, model="ViT-B-32", task="Cars", pretrained=theta_0, out=out)
+    assert not marker.exists()  # weights_only=True refused the file before calling anything in it
+    _assert_nothing_written(out)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(models / "Cars.pt", weights_only=True)
+    assert not marker.exists()
+    torch.load(models / "Cars.pt", weights_only=False)  # what allow_pickle would trust the file to do
+    assert marker.exists()
+
+
 # --- URL ------------------------------------------------------------------------------------------------------------
 
 
