@@ -1,5 +1,6 @@
 """A run killed with SIGKILL (the whole Snakemake process group, as a lost node or an OOM kill would) during a
-fine-tuning job and again during a merge_eval sweep resumes to exactly the bytes of an uninterrupted run."""
+fine-tuning job and again during a merge_eval sweep resumes to exactly the bytes of an uninterrupted run; a
+second Snakemake started in the same directory while the resumed run works is refused and changes nothing."""
 
 import copy
 import os
@@ -47,10 +48,10 @@ def run_to_end(workdir: Path) -> None:
     assert run.returncode == 0, run.stderr[-5000:]
 
 
-def kill_when_running(workdir: Path, rule: str) -> None:
-    """Start the workflow and SIGKILL its process group once a `rule` job has been running for a moment."""
+def start_until_running(workdir: Path, rule: str) -> subprocess.Popen:
+    """Start the workflow in its own process group; return once a `rule` job has been running for a moment."""
     unlock(workdir)
-    process = subprocess.Popen(command(workdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    process = subprocess.Popen(command(workdir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)  # fmt: skip
     logs = workdir / "results" / "logs" / rule
     deadline = time.monotonic() + 600
@@ -60,6 +61,11 @@ def kill_when_running(workdir: Path, rule: str) -> None:
         time.sleep(0.05)
     time.sleep(1.0)
     assert process.poll() is None, f"the workflow ended while its {rule} job ran"
+    return process
+
+
+def kill_when_running(workdir: Path, rule: str) -> None:
+    process = start_until_running(workdir, rule)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=60)
     time.sleep(1.0)  # forked jobs see their client's socket close and are killed
@@ -87,7 +93,18 @@ def test_killed_runs_resume_to_the_bytes_of_an_uninterrupted_run(tmp_path: Path)
     kill_when_running(interrupted, "merge_eval")
     evaluations = interrupted / "results" / "interrupted" / "tiny-clip" / "eval"
     assert not (evaluations / "cart.csv").exists() or not (evaluations / "task_arithmetic.csv").exists()
-    run_to_end(interrupted)
+
+    resumed = start_until_running(interrupted, "merge_eval")  # the killed run's merge_eval log is there already
+    locks = interrupted / ".snakemake" / "locks"
+    deadline = time.monotonic() + 120
+    while not (locks.is_dir() and any(locks.iterdir())):
+        assert resumed.poll() is None and time.monotonic() < deadline, "the resumed run never locked its directory"
+        time.sleep(0.05)
+    second = subprocess.run(command(interrupted), capture_output=True, text=True, timeout=120)
+    assert second.returncode != 0 and "Directory cannot be locked" in second.stderr
+    assert "Traceback" not in second.stderr
+    _, errors = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, errors[-5000:]
 
     expected, actual = outputs(reference), outputs(interrupted)
     assert any(name.endswith("tables/main.csv") for name in expected)
