@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from mergeflow.io import checked_finite
 from mergeflow.merging.context import Placement, combine, load_context, placement_for, progress_over
 from mergeflow.merging.factors import TaskFactors, factors_for_method
 from mergeflow.merging.registry import MergeMethod, get_method, resolve_hparams
@@ -154,12 +155,23 @@ def merge_state_dicts(
     factors: TaskFactors | None = None,
     device: str = "cpu",
 ) -> StateDict:
-    """Merge in memory with method `name`: a new state dict on `device`, keys and dtypes of `pretrained`."""
+    """Merge in memory with method `name`: a new state dict on `device`, keys and dtypes of `pretrained`.
+
+    As with files (`merge_files`), NaN or Inf in an input is refused by model and key, and so is a merged
+    tensor that overflowed its dtype.
+    """
     method = get_method(name)
     resolved = resolve_hparams(name, hparams)
     lam = lam_of(resolved)
+    for key, tensor in pretrained.items():
+        checked_finite(tensor, f"pretrained key {key!r}")
+    for index, model in enumerate(finetuned):
+        for key, tensor in model.items():
+            checked_finite(tensor, f"fine-tuned model {index} key {key!r}")
     source = InMemorySource(pretrained, finetuned)
     return {
-        merge.key: combine(merge.origin, merge.delta, lam, merge.dtype)
+        merge.key: checked_finite(
+            combine(merge.origin, merge.delta, lam, merge.dtype), f"{name} merge {resolved}: merged key {merge.key!r}"
+        )
         for merge in tensor_merges(method, resolved, source, factors=factors, device=device, progress=False)
     }

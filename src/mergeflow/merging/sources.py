@@ -80,6 +80,11 @@ def check_compatible(
     """Raise InputError naming the first fine-tuned model and key that differ from the pretrained model."""
     if not finetuned:
         raise InputError("at least one fine-tuned model is required")
+    empty = [key for key, spec in pretrained.items() if spec.is_float and 0 in spec.shape]
+    if empty:
+        # No encoder has an empty weight; the spectral methods could not decompose one.
+        shape = _format_shape(pretrained[empty[0]].shape)
+        raise InputError(f"{pretrained_name}: key '{empty[0]}' is an empty tensor of shape {shape}; expected weights")
     for name, specs in finetuned:
         missing = [key for key in pretrained if key not in specs]
         if missing:
