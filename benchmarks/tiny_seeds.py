@@ -29,11 +29,19 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from mergeflow.method_entries import is_adaptive
 from mergeflow.report.tables import METHOD_DISPLAY_NAMES as METHOD_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 
 CART_MUST_BEAT = ("ties", "dare", "magmax", "consensus")
+# The papers' test-time adaptation claims: each adaptive method beats the static merge it builds on.
+ADAPTIVE_MUST_BEAT = {"adamerging": "task_arithmetic", "adamerging_cart": "cart", "adarank": "cart"}
+# Of an adaptive method's settings, those that say where it started (the rest are the config's).
+STARTING_SETTINGS = ("rank", "lam", "initial_rank", "prior")
+README = REPO / "README.md"
+README_BEGIN = "<!-- tiny_seeds.py: begin -->"
+README_END = "<!-- tiny_seeds.py: end -->"
 
 
 def seeded_config(base: Mapping, seed: int) -> dict:
@@ -111,6 +119,10 @@ def findings(result: Mapping, methods: Mapping[str, Mapping]) -> dict[str, float
     for method in CART_MUST_BEAT:
         if method in methods:
             margins[f"CART ≥ {METHOD_NAMES[method]}"] = cart - avg[METHOD_NAMES[method]]
+    for method, static in ADAPTIVE_MUST_BEAT.items():
+        if method in methods and static in methods:
+            name, static_name = METHOD_NAMES[method], METHOD_NAMES[static]
+            margins[f"{name} ≥ {static_name} (test-time adaptation)"] = avg[name] - avg[static_name]
     margins["rank bell: best interior ρ ≥ ρ=0 + 3"] = max(interior) - curve[0.0] - 3
     inside = lam_inside_grid(methods, result["selected"])
     outside = [m for m, ok in inside.items() if not ok]
@@ -137,7 +149,7 @@ def mean_sd(values: Sequence[float]) -> str:
     return f"{mean:.1f} ± {sd:.1f}"
 
 
-def report(results: Sequence[dict], methods: Mapping[str, Mapping], seeds: Sequence[int], times: Sequence[float]):
+def report(results: Sequence[dict], methods: Mapping[str, Mapping], seeds: Sequence[int]) -> str:
     tables = [r["table"] for r in results]
     tasks = [c for c in tables[0].columns if c != "average"]
     lines = [
@@ -154,9 +166,11 @@ def report(results: Sequence[dict], methods: Mapping[str, Mapping], seeds: Seque
         )
     lines += ["", "Selected settings per seed:", ""]
     for method in methods:
-        lines.append(
-            f"- {METHOD_NAMES.get(method, method)}: " + "; ".join(json.dumps(r["selected"][method]) for r in results)
-        )
+        chosen = [r["selected"][method] for r in results]
+        if is_adaptive(method):
+            chosen = [{key: value for key, value in c.items() if key in STARTING_SETTINGS} for c in chosen]
+        if any(chosen):
+            lines.append(f"- {METHOD_NAMES.get(method, method)}: " + "; ".join(json.dumps(c) for c in chosen))
     lines += ["", "CART test accuracy over the rank sweep (each ρ with its val-selected λ):", ""]
     ranks = sorted(results[0]["rank_curve"])
     lines.append("| ρ | " + " | ".join(f"{r:g}" for r in ranks) + " |")
@@ -170,8 +184,17 @@ def report(results: Sequence[dict], methods: Mapping[str, Mapping], seeds: Seque
         margins = [f.get(name, float("nan")) for f in per_seed]
         held = sum(m >= 0 for m in margins)
         lines.append(f"- {name}: held in {held}/{len(margins)} (" + ", ".join(f"{m:+.1f}" for m in margins) + ")")
-    lines += ["", f"Wall time per seed: {', '.join(f'{t:.0f} s' for t in times)}"]
     return "\n".join(lines)
+
+
+def write_readme_block(text: str, readme: Path = README) -> None:
+    """Replace the README's block between the tiny_seeds.py markers by `text` (the report, not pasted)."""
+    content = readme.read_text()
+    if content.count(README_BEGIN) != 1 or content.count(README_END) != 1:
+        sys.exit(f"{readme}: expected one {README_BEGIN!r} and one {README_END!r} line")
+    head, rest = content.split(README_BEGIN)
+    _, tail = rest.split(README_END)
+    readme.write_text(f"{head}{README_BEGIN}\n{text}\n{README_END}{tail}")
 
 
 def main() -> None:
@@ -181,6 +204,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=str(REPO / "benchmarks" / "out" / "seeds"))
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--out", default=None, help="Markdown report (default: <workdir>/<benchmark>_seeds.md)")
+    parser.add_argument("--readme", action="store_true", help="also write the report into README.md's tiny8 block")
     args = parser.parse_args()
     base = yaml.safe_load(Path(args.config).read_text())
     methods = base["methods"]
@@ -193,11 +217,13 @@ def main() -> None:
         spectrum = spectrum_summary(suite)
         if spectrum is not None:
             print(f"seed {seed}: spectrum (group all)\n{spectrum.round(3).to_string()}\n", flush=True)
-    text = report(results, methods, args.seeds, times)
-    print(text)
+    text = report(results, methods, args.seeds)
+    print(text + f"\n\nWall time per seed: {', '.join(f'{t:.0f} s' for t in times)}")
     out = Path(args.out) if args.out else Path(args.workdir) / f"{base['benchmark']}_seeds.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
+    if args.readme:
+        write_readme_block(text)
 
 
 if __name__ == "__main__":

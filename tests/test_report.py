@@ -429,7 +429,9 @@ def test_variant_entries_get_their_own_display_name():
 
 
 def test_adaptive_methods_form_their_own_group_with_the_no_labels_note(inputs: dict[str, Path], tmp_path: Path):
-    setting = _setting(steps=50)
+    # As adapt-eval records it: every setting, most at the method's defaults.
+    setting = _setting(steps=50, batch_size=16, lr=0.001, betas=[0.9, 0.999], granularity="layer", init=0.3,
+                       clamp=[0.0, 1.0], tasks_per_pass=None)  # fmt: skip
     rows = _method_rows("adamerging", {setting: [0.71, 0.66, 0.86]}, {setting: [0.73, 0.65, 0.85]}, setting,
                         [setting], {setting: {}})  # fmt: skip
     adaptive = _write_csv(tmp_path / "adamerging.csv", rows)
@@ -439,6 +441,7 @@ def test_adaptive_methods_form_their_own_group_with_the_no_labels_note(inputs: d
     expected = ["zero-shot", "individual", "weight averaging", "task arithmetic", "CART", "low-rank TA", "AdaMerging"]
     assert list(table.loc[table["metric"] == "accuracy", "method"]) == expected
     assert _row(table, "accuracy", "AdaMerging")["average"] == pytest.approx((73 + 65 + 85) / 3)
+    assert _row(table, "accuracy", "AdaMerging")["setting"] == '{"steps": 50}'  # only what differs from defaults
     csv, markdown, latex = write_main_table(table, tmp_path / "tables")
     lines = markdown.read_text().splitlines()
     group = lines.index("| *test-time adaptation* |" + "  |" * (len(TASKS) + 2))

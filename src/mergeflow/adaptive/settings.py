@@ -7,6 +7,7 @@ Every dataclass is keyword-only and checks itself on construction (InputError na
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -245,3 +246,17 @@ def _fits(value: Any, hint: Any) -> bool:
 
 def _type_name(hint: Any) -> str:
     return str(hint).replace("typing.", "").replace("NoneType", "null").replace("<class '", "").replace("'>", "")
+
+
+def non_default_settings(entry: str, setting: Mapping[str, Any]) -> dict[str, Any]:
+    """The recorded settings (JSON values) of an adaptive entry that differ from its method's defaults.
+
+    What a table shows for the row: where the method started (required settings) and what the config changed.
+    """
+    cls = SETTINGS_CLASSES[base_method(entry)]
+    defaults = {field.name: field.default for field in dataclasses.fields(cls) if not _required(field)}
+    return {
+        key: value
+        for key, value in setting.items()
+        if key not in defaults or json.dumps(defaults[key]) != json.dumps(value)
+    }

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mergeflow.adaptive.settings import non_default_settings
 from mergeflow.io import InputError, atomic_path, write_text
 from mergeflow.method_entries import ADAPTIVE_METHODS, is_adaptive
 from mergeflow.report.published import PublishedNumber, published_for
@@ -111,6 +112,8 @@ def main_table(
     # The test-time adaptive methods form a group of their own, after every static merge.
     for method in [m for m in methods if not is_adaptive(m)] + [m for m in methods if is_adaptive(m)]:
         setting, accuracy, normalized = _best_test_accuracies(results, method, task_list, individual)
+        if is_adaptive(method):
+            setting = json.dumps(non_default_settings(method, json.loads(setting)))
         name = display_name(method)
         accuracy_rows.append(_table_row("accuracy", name, setting, accuracy, published_for(method, numbers)))
         normalized_rows.append(_table_row("normalized_accuracy", name, setting, normalized, None))
