@@ -115,8 +115,58 @@ def head_with_classes(count: int | None = None, dim: int | None = None) -> Calla
     return edit
 
 
+def decompose_args(root: Path, out: Path) -> list[str]:
+    return ["decompose", "--pretrained", str(root / "model" / "pretrained.safetensors"), "--finetuned",
+            str(root / "ft0.safetensors"), str(root / "ft1.safetensors"), "--kind", "centered", "--out", str(out),
+            "--device", "cpu"]  # fmt: skip
+
+
+def adapt_args(root: Path, out: Path) -> list[str]:
+    settings = '{"steps": 1, "batch_size": 4}'
+    args = eval_args(root, "adapt-eval", out)
+    learned, entropy = out.parent / "learned.safetensors", out.parent / "entropy.csv"
+    args += ["--method", "adamerging", "--settings", settings, "--reference", str(root / "reference.csv"),
+             "--learned", str(learned), "--entropy", str(entropy)]  # fmt: skip
+    return args
+
+
 # name: (break the copied fixture, the verb's arguments for that copy and an output path, message fragments)
 CASES = {
+    "NaN in a fine-tuned encoder (decompose)": (
+        lambda r: nan_in_first_matrix(r / "ft1.safetensors"),
+        decompose_args,
+        ["ft1.safetensors", "transformer.resblocks.0.attn.in_proj_weight"],
+    ),
+    "wrong architecture (decompose)": (
+        lambda r: edit_tensors(r / "ft1.safetensors", lambda t: t.update(proj=torch.zeros(3, 3))),
+        decompose_args,
+        ["proj", "[3, 3]"],
+    ),
+    "labels out of range (adapt-eval)": (
+        labels_out_of_range,
+        adapt_args,
+        ["test_labels.npy", "[0, 99]"],
+    ),
+    "head class count differs from the data (adapt-eval)": (
+        head_with_classes(3),
+        adapt_args,
+        ["head.safetensors: head has 3 classes"],
+    ),
+    "data directory without its class names (build-head)": (
+        lambda r: (r / "data" / "classnames.json").unlink(),
+        lambda r, out: [
+            "build-head",
+            "--model-dir",
+            str(r / "model"),
+            "--data-dir",
+            str(r / "data"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],  # fmt: skip
+        ["classnames.json: file not found"],
+    ),
     "truncated pretrained (merge)": (
         lambda r: truncate(r / "model" / "pretrained.safetensors"),
         merge_args,
@@ -203,7 +253,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_is_refused_by_name_with_no_output(good: Path, tmp_path: Path, case: str, caplog, capsys) -> None:
     root = case_copy(good, tmp_path)
-    if "merge-eval" in case:
+    if "merge-eval" in case or "adapt-eval" in case:
         assert mergeflow(*eval_args(root, "evaluate-reference", root / "reference.csv")) == 0
     breaker, arguments, fragments = CASES[case]
     breaker(root)
