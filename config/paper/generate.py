@@ -25,8 +25,8 @@ RANKS = [0.0, 0.02, 0.04, 0.08, 0.12, 0.16, 0.32, 0.64, 1.0]
 
 def methods(model: str, num_tasks: int) -> dict:
     rank, lam = RELEASED_CART[num_tasks]
-    # ViT-L/14 holds about 8 GiB of activations per task's batch of 16 (benchmarks/adaptation_memory.py),
-    # so its adaptation passes one task at a time; the smaller encoders pass all tasks at once.
+    # ViT-L/14's activations for 20 tasks' batches of 16 take about 124 GiB at once, one task's about 9 GiB
+    # (benchmarks/adaptation_memory.py), so it adapts one task per pass; the smaller encoders pass all at once.
     per_pass = {"tasks_per_pass": 1} if model == "ViT-L-14" else {}
     return {
         "weight_averaging": {},
