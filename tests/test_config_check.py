@@ -65,7 +65,7 @@ BAD = {
     ),
     "unknown method": (
         lambda c: c["methods"].update(carts={}),
-        ["methods.carts: 'carts' does not match"],
+        ["methods.carts: unknown method 'carts' (did you mean 'cart'?)"],
     ),
     "adaptive type": (
         lambda c: c["methods"].update(adamerging={"steps": "ten"}),
@@ -81,7 +81,10 @@ BAD = {
     ),
     "selected without cart": (
         lambda c: (c["methods"].pop("cart"), c["methods"].update(adamerging_cart={"rank": "selected", "lam": 1.0})),
-        ["methods.adamerging_cart.rank: 'selected' needs the cart method in the same config"],
+        [
+            "methods.adamerging_cart.rank: 'selected' needs the cart method in the same config",
+            "methods.adarank.initial_rank: 'selected' needs the cart method in the same config",
+        ],
     ),
     "selected on a static method": (
         lambda c: c["methods"].update({"cart@mine": {"rank": "selected", "lam": 1.0}}),
@@ -97,7 +100,7 @@ BAD = {
     ),
     "model name with a slash": (
         lambda c: c["model"].update(name="../elsewhere"),
-        ["model.name: '../elsewhere' does not match"],
+        ["model.name: '../elsewhere' is not allowed; expected letters, digits, '_', '.' and '-' only"],
     ),
     "shipped outside the repository": (
         lambda c: c["model"].update(shipped="/etc"),

@@ -26,6 +26,14 @@ from mergeflow.tiny.tasks import TINY_TASKS
 
 # Config values that become one component of a path under results/.
 _PATH_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*")
+# The schema's patterns in words, for the messages.
+_PATTERN_WORDS = {
+    "^[A-Za-z0-9_.-]+$": "letters, digits, '_', '.' and '-' only",
+    "^[A-Za-z0-9_]+$": "letters, digits and '_' only",
+    "^(auto|cpu|cuda(:[0-9]+)?)$": "auto, cpu, cuda or cuda:<index>",
+    "^https?://": "an http:// or https:// URL",
+    "^[0-9a-f]{64}$": "a sha256: 64 lowercase hexadecimal digits",
+}
 # Stands in for CART's val-selected setting, which exists only once cart has run.
 _SELECTED_PLACEHOLDER = {"rank": 0.1, "lam": 1.0}
 
@@ -71,8 +79,12 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if kind == "type":
         return f"expected {error.validator_value}, got {instance!r} ({type(instance).__name__})"
     if kind == "pattern":
-        described = f" ({schema['description']})" if "description" in schema else ""
-        return f"{instance!r} does not match {error.validator_value!r}{described}"
+        if "propertyNames" in error.absolute_schema_path and list(error.absolute_path) == ["methods"]:
+            known = [*METHODS, *ADAPTIVE_METHODS]
+            name = base_method(str(instance))
+            return f"unknown method {name!r}{_close(name, known)}; known: {known}, each optionally with @<variant>"
+        words = _PATTERN_WORDS.get(error.validator_value, f"matching {error.validator_value!r}")
+        return f"{instance!r} is not allowed; expected {words}"
     return error.message
 
 
