@@ -215,6 +215,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_finetuned(paths: Sequence[str], pretrained: object, pretrained_name: object) -> list:
+    """The fine-tuned state dicts, each checked against θ_0's keys and shapes with its file named in errors."""
+    from mergeflow.io import load_state_dict
+    from mergeflow.merging.sources import check_compatible, specs_of
+
+    models = [load_state_dict(path) for path in paths]
+    check_compatible(
+        str(pretrained_name), specs_of(pretrained), [(str(path), specs_of(m)) for path, m in zip(paths, models)]
+    )
+    return models
+
+
 def _task_splits(args: argparse.Namespace) -> list:
     from mergeflow.data import check_head_fits, load_split
     from mergeflow.heads import load_head
@@ -259,7 +271,7 @@ def cmd_evaluate_reference(args: argparse.Namespace) -> int:
     device = _setup(args)
     pretrained = load_state_dict(pretrained_path(args.model_dir))
     evaluator = _evaluator(args, device, pretrained)
-    finetuned = [load_state_dict(path) for path in args.finetuned]
+    finetuned = _load_finetuned(args.finetuned, pretrained, pretrained_path(args.model_dir))
     table = reference_accuracies(evaluator, pretrained, finetuned)
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, index=False)
@@ -278,7 +290,7 @@ def cmd_merge_eval(args: argparse.Namespace) -> int:
     pretrained = load_state_dict(pretrained_path(args.model_dir))
     reference = _reference(args)
     evaluator = _evaluator(args, device, pretrained)
-    finetuned = [load_state_dict(path) for path in args.finetuned]
+    finetuned = _load_finetuned(args.finetuned, pretrained, pretrained_path(args.model_dir))
     factors = merging.load_task_factors(args.factors, device=str(device)) if args.factors else None
     rows = sweep_method(
         args.method,
@@ -306,7 +318,7 @@ def cmd_decompose(args: argparse.Namespace) -> int:
 
     device = _setup(args)
     pretrained = load_state_dict(args.pretrained)
-    finetuned = [load_state_dict(path) for path in args.finetuned]
+    finetuned = _load_finetuned(args.finetuned, pretrained, args.pretrained)
     factors = merging.compute_task_factors(pretrained, finetuned, centered=args.kind == "centered", device=str(device))
     merging.save_task_factors(args.out, factors)
     log.info(

@@ -34,7 +34,7 @@ def cmd_adapt_eval(args: argparse.Namespace) -> int:
     from mergeflow.adaptive import UnlabeledTask, save_learned_merge
     from mergeflow.adaptive.job import adapt_and_evaluate, cart_selection
     from mergeflow.adaptive.settings import method_settings
-    from mergeflow.cli import _evaluator, _reference, _same_length, _setup, _task_splits
+    from mergeflow.cli import _evaluator, _load_finetuned, _reference, _same_length, _setup, _task_splits
     from mergeflow.heads import load_head
     from mergeflow.io import atomic_path, load_state_dict
     from mergeflow.model import pretrained_path
@@ -52,7 +52,7 @@ def cmd_adapt_eval(args: argparse.Namespace) -> int:
     reference = _reference(args)
     splits = _task_splits(args)
     evaluator = _evaluator(args, device, pretrained, splits)
-    finetuned = [load_state_dict(path) for path in args.finetuned]
+    finetuned = _load_finetuned(args.finetuned, pretrained, pretrained_path(args.model_dir))
     # Adaptation sees each task's test images and its head; the labels stay in the evaluator.
     unlabeled = [
         UnlabeledTask(split.name, split.test[0], split.head, load_head(head)[1])

@@ -68,6 +68,11 @@ def _spec_of_tensor(tensor: torch.Tensor) -> TensorSpec:
     return TensorSpec(tuple(tensor.shape), tensor.dtype)
 
 
+def specs_of(state_dict: StateDict) -> dict[str, TensorSpec]:
+    """Shape and dtype of every tensor of a state dict, for `check_compatible`."""
+    return {key: _spec_of_tensor(tensor) for key, tensor in state_dict.items()}
+
+
 def _format_shape(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(size) for size in shape) + "]"
 
