@@ -26,13 +26,12 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-SRC = Path(__file__).resolve().parent.parent / "src"
+from child_process import measure_child  # benchmarks/ is on sys.path
+
 FULL_DEPTH = 24
 NUM_CLASSES = 10
 
@@ -119,17 +118,9 @@ def run_case(case: dict[str, Any]) -> None:
     print(json.dumps(result))
 
 
-def measure(case: dict[str, Any], threads: int) -> dict[str, float]:
+def measure(case: dict[str, Any], threads: int) -> dict[str, Any]:
     """Run one case in a fresh interpreter; return its JSON result and peak RSS (MiB)."""
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(SRC)}
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--child", json.dumps(case)], stdout=subprocess.PIPE, env=environment, text=True
-    )
-    output = child.stdout.read() if child.stdout else ""
-    _, status, usage = os.wait4(child.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"case {case} failed with exit code {os.waitstatus_to_exitcode(status)}")
-    return {**json.loads(output.strip().splitlines()[-1]), "peak_rss_mib": usage.ru_maxrss / 1024}
+    return measure_child(__file__, case, threads)
 
 
 def projected(values: dict[int, float], depths: tuple[int, int]) -> float:

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from child_process import SRC, measure_child  # benchmarks/ is on sys.path
+
 SWEEP_RANKS = (0.02, 0.04, 0.08, 0.12, 0.16, 0.24, 0.32)
-SRC = Path(__file__).resolve().parent.parent / "src"
 
 
 @dataclass(frozen=True)
@@ -122,19 +122,9 @@ def run_case(case: dict[str, Any]) -> None:
     print(json.dumps({"seconds": time.perf_counter() - started, "threads": torch.get_num_threads()}))
 
 
-def measure(case: dict[str, Any], threads: int) -> dict[str, float]:
+def measure(case: dict[str, Any], threads: int) -> dict[str, Any]:
     """Run one case in a fresh interpreter; return its wall time and peak RSS (MiB)."""
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(SRC)}
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--child", json.dumps(case)], stdout=subprocess.PIPE, env=environment, text=True
-    )
-    output = child.stdout.read() if child.stdout else ""
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise RuntimeError(f"case {case} failed with exit code {child.returncode}")
-    result = json.loads(output.strip().splitlines()[-1])
-    return {"seconds": result["seconds"], "peak_rss_mib": usage.ru_maxrss / 1024}
+    return measure_child(__file__, case, threads)
 
 
 def size_mib(paths: list[Path]) -> float:
