@@ -152,6 +152,11 @@ CASES = {
         adapt_args,
         ["head.safetensors: head has 3 classes"],
     ),
+    "reference table without its individual column (merge-eval)": (
+        lambda r: (r / "reference.csv").write_text("task,split,zeroshot\nshapes,val,0.5\n"),
+        lambda r, out: eval_args(r, "merge-eval", out),
+        ["reference.csv: missing column(s) 'individual'"],
+    ),
     "data directory without its class names (build-head)": (
         lambda r: (r / "data" / "classnames.json").unlink(),
         lambda r, out: [

@@ -252,9 +252,9 @@ def _evaluator(args: argparse.Namespace, device: object, pretrained: object, spl
 
 def _reference(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """The individual accuracies per split and task from evaluate-reference's CSV (the normalisers)."""
-    import pandas as pd
+    from mergeflow.report.results import load_reference
 
-    table = pd.read_csv(args.reference)
+    table = load_reference(args.reference)
     reference = {split: dict(zip(group["task"], group["individual"])) for split, group in table.groupby("split")}
     missing = [t for t in args.tasks if t not in reference.get("val", {}) or t not in reference.get("test", {})]
     if missing:

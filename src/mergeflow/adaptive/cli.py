@@ -38,13 +38,14 @@ def cmd_adapt_eval(args: argparse.Namespace) -> int:
     from mergeflow.heads import load_head
     from mergeflow.io import atomic_path, load_state_dict
     from mergeflow.model import pretrained_path
+    from mergeflow.report.results import load_method_results
 
     _same_length(args, ["tasks", "heads", "data", "finetuned"])
     try:
         values = json.loads(args.settings)
     except json.JSONDecodeError as err:
         raise InputError(f"--settings: not valid JSON ({err})") from None
-    cart = cart_selection(pd.read_csv(args.cart_eval), args.cart_eval) if args.cart_eval else None
+    cart = cart_selection(load_method_results([args.cart_eval]), args.cart_eval) if args.cart_eval else None
     settings = method_settings(args.method, values, cart)
     log.info("%s settings: %s", args.method, settings)
     device = _setup(args, settings.seed)
