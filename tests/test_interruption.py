@@ -89,7 +89,7 @@ def test_killed_runs_resume_to_the_bytes_of_an_uninterrupted_run(tmp_path: Path)
         (workdir / "config.yaml").write_text(yaml.safe_dump(CONFIG))
     run_to_end(reference)
 
-    kill_when_running(interrupted, "finetune", settle=1.0)
+    kill_when_running(interrupted, "finetune", settle=0.2)
     finetuned = list((interrupted / "results" / "finetuned").rglob("*.safetensors"))
     assert len(finetuned) < len(CONFIG["tasks"])  # killed before every encoder was written
     # Sweeps on this small config take about a second: kill as soon as one has started.
