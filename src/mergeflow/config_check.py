@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -88,12 +88,9 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return error.message
 
 
-def _leaves(error: jsonschema.ValidationError) -> Iterator[jsonschema.ValidationError]:
-    """The most specific violations: oneOf/anyOf report their closest branch, not the whole schema."""
-    if error.context:
-        yield jsonschema.exceptions.best_match(error.context)
-    else:
-        yield error
+def _most_specific(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """A oneOf/anyOf violation as its closest branch's, not the whole schema's."""
+    return jsonschema.exceptions.best_match(error.context) if error.context else error
 
 
 def _conditions(schema: Any, prefix: Sequence[str] = ()) -> list[str]:
@@ -126,11 +123,11 @@ def schema_problems(config: Any, schema: Mapping[str, Any]) -> list[str]:
     validator = jsonschema.Draft202012Validator(schema)
     problems = []
     for error in validator.iter_errors(config):
-        for leaf in _leaves(error):
-            path = list(leaf.absolute_path)
-            if "propertyNames" in leaf.absolute_schema_path and isinstance(leaf.instance, str):
-                path.append(leaf.instance)
-            problems.append(f"{key_path(path)}: {_describe(leaf)}{_because(leaf, schema)}")
+        leaf = _most_specific(error)
+        path = list(leaf.absolute_path)
+        if "propertyNames" in leaf.absolute_schema_path and isinstance(leaf.instance, str):
+            path.append(leaf.instance)
+        problems.append(f"{key_path(path)}: {_describe(leaf)}{_because(leaf, schema)}")
     return sorted(set(problems))
 
 
@@ -213,11 +210,8 @@ def method_problems(config: Mapping[str, Any]) -> list[str]:
     methods = config["methods"]
     problems = []
     for entry, values in methods.items():
-        name = base_method(entry)
-        if name not in METHODS and name not in ADAPTIVE_METHODS:
-            known = [*METHODS, *ADAPTIVE_METHODS]
-            problems.append(f"methods.{entry}: unknown method {name!r}{_close(name, known)}; known: {known}")
-        elif is_adaptive(entry):
+        # The schema has already restricted entries to known method names.
+        if is_adaptive(entry):
             problems += _adaptive_problems(entry, values, "cart" in methods, config)
         else:
             selected = [key for key, value in values.items() if value == SELECTED]
