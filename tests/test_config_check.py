@@ -106,6 +106,10 @@ BAD = {
         lambda c: c["model"].update(shipped="/etc"),
         ["model.shipped: '/etc' must be a folder inside the repository"],
     ),
+    "shipped encoders outside the repository": (
+        lambda c: c["finetune"].update(shipped="../../elsewhere"),
+        ["finetune.shipped: '../../elsewhere' must be a folder inside the repository"],
+    ),
     "conditional rule": (
         lambda c: c["data"].update(source="huggingface"),
         ["data.source: 'huggingface' is not allowed here; expected 'tiny' (because model.source is 'pretrain')"],

@@ -1,6 +1,9 @@
-"""The shipped tiny θ_0: installed only when its recipe is the config's, and only after its sha256 checks out."""
+"""The shipped tiny θ_0 and fine-tuned tiny8 encoders: installed only when their recipes are the config's, and
+only after their sha256 check out."""
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,12 +11,15 @@ import torch
 import yaml
 
 from mergeflow.cli import main
-from mergeflow.io import InputError
+from mergeflow.finetune import FinetuneSettings
+from mergeflow.io import InputError, sha256_file
 from mergeflow.model import load_clip, tiny_clip_spec
-from mergeflow.shipped import MODEL_FILES, install_shipped, recipe_differences, unmatched_settings
+from mergeflow.shipped import MODEL_FILES, install_shipped, read_recipe, recipe_differences, unmatched_settings
+from mergeflow.shipped_finetuned import encoder_path, read_finetune_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "resources" / "tiny-clip"
+SHIPPED_FINETUNED = SHIPPED / "finetuned"
 
 
 def config(name: str) -> dict:
@@ -69,3 +75,33 @@ def test_a_corrupt_file_is_refused_by_name_and_nothing_is_installed(tmp_path: Pa
     (copy / "model.json").unlink()
     assert main(["install-pretrained", "--shipped", str(copy), "--out", str(tmp_path / "model")]) == 2
     assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "tiny14.yaml", "tiny20.yaml"])
+def test_the_tiny_suites_use_the_shipped_encoders(name: str) -> None:
+    assert config(name)["finetune"]["shipped"] == "resources/tiny-clip/finetuned"
+
+
+def test_every_tiny8_task_ships_an_encoder_made_with_the_default_settings_on_the_shipped_theta_0() -> None:
+    default = config("config.yaml")
+    settings = FinetuneSettings(**{key: value for key, value in default["finetune"].items() if key != "shipped"})
+    theta_0 = read_recipe(SHIPPED)["sha256"]["pretrained.safetensors"]
+    assert sorted(path.stem for path in SHIPPED_FINETUNED.glob("*.safetensors")) == sorted(default["tasks"])
+    for task in default["tasks"]:
+        recipe = read_finetune_recipe(SHIPPED_FINETUNED, task)
+        assert recipe is not None
+        assert recipe_differences(recipe["settings"], settings.as_recipe()) == []
+        assert recipe["inputs"]["pretrained"] == theta_0
+        assert sha256_file(encoder_path(SHIPPED_FINETUNED, task)) == recipe["sha256"]
+
+
+def test_the_default_workflow_installs_the_shipped_encoder_it_would_fine_tune(tmp_path: Path) -> None:
+    """This machine's data generator and head reproduce the recipe's inputs, so the default run copies."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**config("config.yaml"), "device": "cpu"}))
+    target = "results/finetuned/tiny-clip/shapes.safetensors"
+    subprocess.run([sys.executable, "-m", "snakemake", target, "--snakefile", str(REPO / "Snakefile"),
+                    "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "--cores", "2",
+                    "--quiet"], check=True)  # fmt: skip
+    assert (tmp_path / target).read_bytes() == encoder_path(SHIPPED_FINETUNED, "shapes").read_bytes()
+    log = (tmp_path / "results" / "logs" / "finetune" / "tiny-clip" / "shapes.log").read_text()
+    assert "installed the shipped fine-tuned encoder of 'shapes'" in log

@@ -11,57 +11,32 @@ pre-training reproduces the shipped files byte for byte (the safetensors headers
 
 from __future__ import annotations
 
-import argparse
-import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+from workflow_run import REPO, check_only, default_config, made_with, run_targets
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="compare a fresh pre-training with the shipped files")
-    args = parser.parse_args()
-    import torch
-
+    check = check_only(__doc__, "pre-training")
     from mergeflow.shipped import MODEL_FILES, read_recipe, recipe_of, ship
 
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = default_config()
     shipped = REPO / config["model"]["shipped"]
     name = config["model"]["name"]
     with tempfile.TemporaryDirectory() as work:
-        fresh = {**config, "model": {k: v for k, v in config["model"].items() if k != "shipped"}, "device": "cpu"}
-        (Path(work) / "config.yaml").write_text(yaml.safe_dump(fresh))
-        target = f"results/models/{name}/pretrained.safetensors"
-        command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", work,
-                   "--configfile", f"{work}/config.yaml", "--cores", "2", "--quiet", target]  # fmt: skip
-        subprocess.run(command, check=True)
+        fresh = {**config, "model": {k: v for k, v in config["model"].items() if k != "shipped"}}
+        run_targets(fresh, Path(work), [f"results/models/{name}/pretrained.safetensors"])
         model_dir = Path(work) / "results" / "models" / name
-        if args.check:
+        if check:
             recipe = read_recipe(shipped)
             same = [(model_dir / f).read_bytes() == (shipped / f).read_bytes() for f in MODEL_FILES]
             for file, equal in zip(MODEL_FILES, same):
                 print(f"{file}: {'identical' if equal else 'DIFFERS'}")
             print(f"shipped on: {recipe['made_with']}")
             return 0 if all(same) else 1
-        made_with = {
-            "command": "python config/tiny/ship_pretrained.py",
-            "machine": f"{platform.machine()} {cpu_name()}, 2 threads",
-            "torch": torch.__version__,
-        }
-        recipe = ship(model_dir, shipped, recipe_of(config), made_with)
+        recipe = ship(model_dir, shipped, recipe_of(config), made_with("ship_pretrained.py", threads=2))
     print(f"shipped {shipped}: {recipe['sha256']}")
     return 0
 

@@ -8,8 +8,12 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mergeflow.io import InputError
+
+if TYPE_CHECKING:
+    from mergeflow.finetune import FinetuneSettings
 
 log = logging.getLogger("mergeflow")
 
@@ -184,6 +188,30 @@ def cmd_build_head(args: argparse.Namespace) -> int:
     return 0
 
 
+def _install_shipped_finetuned(args: argparse.Namespace, settings: FinetuneSettings) -> bool:
+    """Install the shipped encoder when it is exactly this job's result; log why not otherwise."""
+    from mergeflow.data import split_paths
+    from mergeflow.model import pretrained_path
+    from mergeflow.shipped_finetuned import finetune_recipe, install_finetuned, unmatched_inputs
+
+    task = Path(args.data_dir).name
+    train_images, train_labels = split_paths(args.data_dir, "train")
+    inputs = {"pretrained": pretrained_path(args.model_dir), "head": args.head, "train_images": train_images,
+              "train_labels": train_labels}  # fmt: skip
+    differences = unmatched_inputs(args.shipped, task, finetune_recipe(settings.as_recipe(), inputs))
+    if differences is None:
+        log.info("fine-tuning: %s ships no encoder for %r", args.shipped, task)
+        return False
+    if differences:
+        log.info("fine-tuning: the shipped encoder of %r in %s was made with other %s", task, args.shipped,
+                 ", ".join(differences))  # fmt: skip
+        return False
+    install_finetuned(args.shipped, task, args.out)
+    log.info("installed the shipped fine-tuned encoder of %r from %s (same settings, θ_0, head and train split by "
+             "sha256; the encoder's own sha256 checked)", task, args.shipped)  # fmt: skip
+    return True
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from mergeflow.data import check_head_fits, load_split
     from mergeflow.finetune import FinetuneSettings, finetune_image_encoder
@@ -191,12 +219,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from mergeflow.io import save_state_dict
     from mergeflow.model import load_image_encoder, load_spec
 
-    device = _setup(args, args.seed)
-    spec = load_spec(args.model_dir)
-    visual = load_image_encoder(args.model_dir)
-    head, logit_scale = load_head(args.head)
-    check_head_fits(head, args.head, args.data_dir)
-    images, labels = load_split(args.data_dir, "train")
     settings = FinetuneSettings(
         args.steps,
         args.batch_size,
@@ -207,6 +229,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         args.seed,
         micro_batch_size=args.micro_batch_size,
     )
+    head, logit_scale = load_head(args.head)
+    check_head_fits(head, args.head, args.data_dir)
+    images, labels = load_split(args.data_dir, "train")
+    if args.shipped and _install_shipped_finetuned(args, settings):
+        return 0
+    device = _setup(args, args.seed)
+    spec = load_spec(args.model_dir)
+    visual = load_image_encoder(args.model_dir)
     losses = finetune_image_encoder(
         visual, head, logit_scale, images, labels, spec, settings, device, progress=not args.no_progress
     )
@@ -455,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--micro-batch-size", type=int, default=None, help="examples per pass; gradients accumulate to --batch-size"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--shipped",
+        default=None,
+        help="folder of shipped encoders (<task>.safetensors + <task>.json): copy this task's instead of "
+        "fine-tuning when its recipe has these settings and the same θ_0, head and train split (sha256)",
+    )
     p.add_argument("--out", required=True)
     _common(p)
     p.set_defaults(func=cmd_finetune)

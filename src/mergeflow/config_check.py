@@ -173,13 +173,10 @@ def path_problems(config: Mapping[str, Any]) -> list[str]:
     named += [(task, f"tasks[{index}]") for index, task in enumerate(config["tasks"])]
     named += [(entry, f"methods.{entry}") for entry in config["methods"]]
     problems = [problem for value, key in named if (problem := _path_problem(value, key)) is not None]
-    shipped = config["model"].get("shipped")
-    if shipped is not None:
-        parts = PurePosixPath(shipped).parts
-        if os.path.isabs(shipped) or ".." in parts:
-            problems.append(
-                f"model.shipped: {shipped!r} must be a folder inside the repository (relative, without '..')"
-            )
+    shipped = (config["model"].get("shipped"), config.get("finetune", {}).get("shipped"))
+    for folder, key in zip(shipped, ("model.shipped", "finetune.shipped")):
+        if folder is not None and (os.path.isabs(folder) or ".." in PurePosixPath(folder).parts):
+            problems.append(f"{key}: {folder!r} must be a folder inside the repository (relative, without '..')")
     return problems
 
 

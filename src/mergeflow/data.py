@@ -42,14 +42,20 @@ def _save_array(path: Path, array: np.ndarray) -> None:
             np.save(handle, array, allow_pickle=False)
 
 
+def split_paths(task_dir: str | os.PathLike[str], split: str) -> tuple[Path, Path]:
+    """The images and labels files of one split in a task directory."""
+    directory = Path(task_dir)
+    return directory / f"{split}_images.npy", directory / f"{split}_labels.npy"
+
+
 def save_split(task_dir: str | os.PathLike[str], split: str, images: np.ndarray, labels: np.ndarray) -> None:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"split {split!r}: expected uint8 NHWC images, got {images.dtype} {images.shape}")
     if labels.shape != (images.shape[0],):
         raise ValueError(f"split {split!r}: {labels.shape[0]} labels for {images.shape[0]} images")
-    directory = Path(task_dir)
-    _save_array(directory / f"{split}_images.npy", images)
-    _save_array(directory / f"{split}_labels.npy", labels.astype(np.int64))
+    images_path, labels_path = split_paths(task_dir, split)
+    _save_array(images_path, images)
+    _save_array(labels_path, labels.astype(np.int64))
 
 
 def _load_array(path: Path, *, mmap: bool) -> np.ndarray:
@@ -71,7 +77,7 @@ def load_split(task_dir: str | os.PathLike[str], split: str) -> tuple[np.ndarray
         raise InputError(f"unknown split {split!r}; expected one of {SPLITS}")
     directory = Path(task_dir)
     num_classes = len(load_classes(directory).classnames)
-    images_path, labels_path = directory / f"{split}_images.npy", directory / f"{split}_labels.npy"
+    images_path, labels_path = split_paths(directory, split)
     images = _load_array(images_path, mmap=True)
     labels = _load_array(labels_path, mmap=False)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:

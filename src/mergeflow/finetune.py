@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -34,6 +34,10 @@ class FinetuneSettings:
                 f"finetune.micro_batch_size {micro} must be a positive divisor of finetune.batch_size {self.batch_size}"
             )
         return self.batch_size // micro
+
+    def as_recipe(self) -> dict[str, int | float]:
+        """Every setting the fine-tuned bytes depend on, the micro-batch size resolved (it changes the rounding)."""
+        return {**asdict(self), "micro_batch_size": self.micro_batch_size or self.batch_size}
 
 
 def finetune_image_encoder(

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shlex
 import sys
 
 from mergeflow.job_resources import grid_points, job_resources
@@ -94,6 +95,29 @@ def shipped_pretrained():
 
 
 SHIPPED_PRETRAINED = shipped_pretrained()
+
+
+def shipped_finetuned_dir():
+    """The folder of shipped fine-tuned encoders (`finetune.shipped`), or None to always fine-tune."""
+    shipped = config.get("finetune", {}).get("shipped")
+    if not shipped:
+        return None
+    return shipped if os.path.isabs(shipped) else os.path.join(workflow.basedir, shipped)
+
+
+SHIPPED_FINETUNED = shipped_finetuned_dir()
+
+
+def shipped_finetuned_files(wildcards):
+    """A task's shipped encoder and recipe, when shipped: inputs, so a re-shipped file reruns its job."""
+    if SHIPPED_FINETUNED is None:
+        return []
+    files = [os.path.join(SHIPPED_FINETUNED, f"{wildcards.task}.{ext}") for ext in ("json", "safetensors")]
+    return [path for path in files if os.path.exists(path)]
+
+
+def shipped_finetuned_flag():
+    return f"--shipped {shlex.quote(SHIPPED_FINETUNED)}" if SHIPPED_FINETUNED else ""
 
 
 def evaluation_flags():

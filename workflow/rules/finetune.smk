@@ -1,4 +1,5 @@
-# θ_t per task: fine-tuned here by the METHODS.md protocol, or fetched from a published source.
+# θ_t per task: fine-tuned here by the METHODS.md protocol (or, with finetune.shipped, the shipped encoder when its
+# recipe is exactly this job's: mergeflow.shipped_finetuned), or fetched from a published source.
 if FINETUNED["source"] == "finetune":
 
     rule finetune:
@@ -6,6 +7,7 @@ if FINETUNED["source"] == "finetune":
             model=f"{RESULTS}/models/{{model}}/pretrained.safetensors",
             head=f"{RESULTS}/heads/{{model}}/{{task}}.safetensors",
             data=f"{RESULTS}/data/{{task}}/classnames.json",
+            shipped=shipped_finetuned_files,
         output:
             f"{RESULTS}/finetuned/{{model}}/{{task}}.safetensors",
         params:
@@ -14,6 +16,7 @@ if FINETUNED["source"] == "finetune":
             settings=config["finetune"],
             micro_batch=config["finetune"].get("micro_batch_size", config["finetune"]["batch_size"]),
             device=device_flag(),
+            shipped=shipped_finetuned_flag(),
         threads: 1
         resources:
             gpu=GPUS_PER_JOB,
@@ -31,7 +34,7 @@ if FINETUNED["source"] == "finetune":
             " --batch-size {params.settings[batch_size]} --micro-batch-size {params.micro_batch}"
             " --lr {params.settings[lr]}"
             " --weight-decay {params.settings[weight_decay]} --warmup-steps {params.settings[warmup_steps]}"
-            " --grad-clip {params.settings[grad_clip]} --seed {params.settings[seed]}"
+            " --grad-clip {params.settings[grad_clip]} --seed {params.settings[seed]} {params.shipped}"
             " --out {output} --threads {threads} {params.device} > {log} 2>&1"
 
 else:

@@ -1,0 +1,59 @@
+"""Fine-tune the default config's tasks with its settings and ship the encoders (resources/tiny-clip/finetuned/).
+
+Runs the workflow's own rules (the shipped θ_0, prepare_data, build_head, finetune at one thread per job, on the
+CPU) in a temporary directory with `finetune.shipped` removed, then copies each fine-tuned encoder and writes
+its recipe: the fine-tuning settings, the sha256 of θ_0, the head and the train split it was made from, its own
+sha256, and the machine and torch version. With --check it only reports whether a fresh fine-tuning reproduces
+the shipped encoders byte for byte.
+
+    python config/tiny/ship_finetuned.py          # after changing θ_0, finetune.*, data.* or a tiny task
+    python config/tiny/ship_finetuned.py --check
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from workflow_run import REPO, check_only, default_config, made_with, run_targets
+
+
+def main() -> int:
+    check = check_only(__doc__, "fine-tuning")
+    from mergeflow.data import split_paths
+    from mergeflow.finetune import FinetuneSettings
+    from mergeflow.model import pretrained_path
+    from mergeflow.shipped_finetuned import encoder_path, finetune_recipe, read_finetune_recipe, ship_finetuned
+
+    config = default_config()
+    shipped = REPO / config["finetune"]["shipped"]
+    name, tasks = config["model"]["name"], list(config["tasks"])
+    unshipped = {k: v for k, v in config["finetune"].items() if k != "shipped"}
+    settings = FinetuneSettings(**unshipped)
+    same = True
+    with tempfile.TemporaryDirectory() as scratch:
+        results = Path(scratch) / "results"
+        run_targets({**config, "finetune": unshipped}, Path(scratch),
+                    [f"results/finetuned/{name}/{task}.safetensors" for task in tasks])  # fmt: skip
+        for task in tasks:
+            encoder = results / "finetuned" / name / f"{task}.safetensors"
+            if check:
+                recipe = read_finetune_recipe(shipped, task)
+                equal = recipe is not None and encoder.read_bytes() == encoder_path(shipped, task).read_bytes()
+                origin = f"shipped on {recipe['made_with']}" if recipe else "not shipped"
+                print(f"{task}: {'identical' if equal else 'DIFFERS'} ({origin})")
+                same &= equal
+                continue
+            train_images, train_labels = split_paths(results / "data" / task, "train")
+            inputs = {"pretrained": pretrained_path(results / "models" / name),
+                      "head": results / "heads" / name / f"{task}.safetensors",
+                      "train_images": train_images, "train_labels": train_labels}  # fmt: skip
+            recipe = finetune_recipe(settings.as_recipe(), inputs)
+            recipe = ship_finetuned(encoder, shipped, task, recipe, made_with("ship_finetuned.py", threads=1))
+            print(f"shipped {encoder_path(shipped, task)}: {recipe['sha256']}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Fine-tuned tiny encoders shipped with the repository, installed only when a job's inputs and settings are theirs.
+
+Fine-tuning the tiny8 tasks was half of the default run's compute and, like pre-training θ_0
+(mergeflow.shipped), it gives the same bytes every time on one machine type. A shipped folder holds
+`<task>.safetensors` and `<task>.json` per task; the JSON records the fine-tuning settings, the sha256 of
+every file the result depends on (θ_0, the frozen head, the train images and labels), the encoder's own
+sha256 and how it was made. The finetune verb copies the encoder when the settings and all four input
+digests equal the job's, and fine-tunes otherwise, so a changed data generator, θ_0, head or setting can
+never pick up a stale encoder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mergeflow.io import InputError, atomic_path, read_json, sha256_file, write_json
+from mergeflow.shipped import recipe_differences
+
+# What a fine-tuned encoder is a function of, besides the settings (the logit scale travels in the head file).
+FINETUNE_INPUTS = ("pretrained", "head", "train_images", "train_labels")
+
+
+def encoder_path(directory: str | os.PathLike[str], task: str) -> Path:
+    return Path(directory) / f"{task}.safetensors"
+
+
+def recipe_path(directory: str | os.PathLike[str], task: str) -> Path:
+    return Path(directory) / f"{task}.json"
+
+
+def finetune_recipe(settings: Mapping[str, Any], inputs: Mapping[str, str | os.PathLike[str]]) -> dict[str, Any]:
+    """The settings and the sha256 of each input file (keys FINETUNE_INPUTS) that determine one fine-tuned encoder."""
+    if sorted(inputs) != sorted(FINETUNE_INPUTS):
+        raise ValueError(f"fine-tuning inputs must be {list(FINETUNE_INPUTS)}, got {sorted(inputs)}")
+    for name in FINETUNE_INPUTS:
+        if not Path(inputs[name]).is_file():
+            raise InputError(f"{inputs[name]}: file not found (the {name.replace('_', ' ')} of fine-tuning)")
+    return {"settings": dict(settings), "inputs": {name: sha256_file(inputs[name]) for name in FINETUNE_INPUTS}}
+
+
+def read_finetune_recipe(directory: str | os.PathLike[str], task: str) -> dict[str, Any] | None:
+    """The shipped recipe of `task`, or None when the folder ships no encoder for it."""
+    path = recipe_path(directory, task)
+    if not path.is_file():
+        return None
+    recipe = read_json(path)
+    missing = {"settings", "inputs", "sha256"} - set(recipe if isinstance(recipe, dict) else {})
+    if missing:
+        raise InputError(f"{path}: missing keys {sorted(missing)} (expected a shipped fine-tuned encoder's recipe)")
+    return recipe
+
+
+def unmatched_inputs(directory: str | os.PathLike[str], task: str, wanted: Mapping[str, Any]) -> list[str] | None:
+    """Dotted keys (`settings.lr`, `inputs.head`) where the shipped recipe differs from `wanted`.
+
+    Empty when the shipped encoder is exactly what fine-tuning with `wanted` gives; None when none is shipped.
+    """
+    shipped = read_finetune_recipe(directory, task)
+    if shipped is None:
+        return None
+    return recipe_differences({key: shipped[key] for key in ("settings", "inputs")}, wanted)
+
+
+def install_finetuned(directory: str | os.PathLike[str], task: str, out: str | os.PathLike[str]) -> None:
+    """Copy the shipped encoder of `task` to `out` after checking it against its recipe's sha256."""
+    recipe = read_finetune_recipe(directory, task)
+    source = encoder_path(directory, task)
+    if recipe is None or not source.is_file():
+        raise InputError(f"{source}: no shipped fine-tuned encoder (with its {recipe_path(directory, task).name})")
+    actual = sha256_file(source)
+    if actual != recipe["sha256"]:
+        raise InputError(
+            f"{source}: sha256 {actual} does not match its recipe's {recipe['sha256']} (corrupt or replaced file; "
+            "regenerate it with config/tiny/ship_finetuned.py)"
+        )
+    with atomic_path(out) as tmp:
+        shutil.copyfile(source, tmp)
+
+
+def ship_finetuned(
+    encoder: str | os.PathLike[str],
+    directory: str | os.PathLike[str],
+    task: str,
+    recipe: Mapping[str, Any],
+    made_with: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Write a fine-tuned encoder and its recipe (`finetune_recipe` plus provenance) into `directory`."""
+    target = encoder_path(directory, task)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(encoder, tmp)
+    shipped = {**recipe, "sha256": sha256_file(target), "made_with": dict(made_with)}
+    write_json(recipe_path(directory, task), shipped)
+    return shipped
