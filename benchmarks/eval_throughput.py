@@ -1,7 +1,7 @@
 """Evaluation throughput (images/s) of open_clip image encoders with random weights, three ways:
 
   (a) ours      mergeflow's evaluation path: uint8 images staged on the device once, normalised there per
-                batch, inference mode, bf16 autocast on CUDA (fp32 on the CPU), one head product per batch;
+                batch, inference mode, fp16 autocast on CUDA (fp32 on the CPU), one head product per batch;
                 timed per pass over the images after staging, as every sweep point after the first sees it
   (b) peers     what the published scripts do on every pass: decode image files with PIL, torchvision
                 Resize/CenterCrop/ToTensor/Normalize in a DataLoader, fp32 forward
@@ -156,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers of (b)")
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per path (the best is kept)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--parity", action="store_true", help="also compare fp32 and bf16 predictions (ViT-B-32)")
+    parser.add_argument(
+        "--parity", action="store_true", help="also compare fp32 with fp16 and bf16 predictions (ViT-B-32)"
+    )
     parser.add_argument("--out", type=Path, default=OUT / "eval_throughput.json")
     args = parser.parse_args(argv)
     if args.threads:
