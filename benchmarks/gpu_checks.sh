@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 wheels=(open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.7.0)
 
 if [[ "${1:-}" == "--prepare" ]]; then
-    grep -qxF "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >> .git/info/exclude
+    mkdir -p .git/info && { grep -qxF "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >> .git/info/exclude; }
     python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl "${wheels[@]}"
     ls -l .whl
