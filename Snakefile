@@ -17,7 +17,7 @@ if not workflow.overwrite_configfiles:
 
 # Every mistake in the config is reported here, as one message, before the DAG is built or any job starts.
 try:
-    check_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
+    check_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml", repository=workflow.basedir)
 except ConfigError as err:
     print(err, file=sys.stderr)
     sys.exit(1)

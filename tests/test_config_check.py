@@ -21,7 +21,7 @@ SHIPPED = sorted([*REPO.glob("config/*.yaml"), *REPO.glob("config/paper/*.yaml")
 
 def problems_of(config: dict) -> list[str]:
     try:
-        check_config(config, SCHEMA)
+        check_config(config, SCHEMA, repository=REPO)
     except ConfigError as err:
         assert str(err).startswith(f"invalid config ({len(err.problems)} problem")
         return err.problems
@@ -109,6 +109,14 @@ BAD = {
     "shipped encoders outside the repository": (
         lambda c: c["finetune"].update(shipped="../../elsewhere"),
         ["finetune.shipped: '../../elsewhere' must be a folder inside the repository"],
+    ),
+    "mistyped shipped encoders": (
+        lambda c: c["finetune"].update(shipped="resources/tiny-clip/finetuend"),
+        ["finetune.shipped: 'resources/tiny-clip/finetuend' is not a folder of the repository"],
+    ),
+    "mistyped shipped θ_0": (
+        lambda c: c["model"].update(shipped="resources/tiny_clip"),
+        ["model.shipped: 'resources/tiny_clip' is not a folder of the repository"],
     ),
     "conditional rule": (
         lambda c: c["data"].update(source="huggingface"),

@@ -167,16 +167,28 @@ def _path_problem(value: Any, key: str) -> str | None:
     )
 
 
-def path_problems(config: Mapping[str, Any]) -> list[str]:
-    """Every config value that becomes part of an output path stays one component inside results/."""
+def path_problems(config: Mapping[str, Any], repository: str | os.PathLike[str] | None = None) -> list[str]:
+    """Every config value that becomes part of an output path stays one component inside results/.
+
+    The shipped folders (`model.shipped`, `finetune.shipped`) stay inside the repository and, when
+    `repository` is given, exist there (a mistyped one would silently pre-train or fine-tune instead).
+    """
     named: list[tuple[Any, str]] = [(config["benchmark"], "benchmark"), (config["model"]["name"], "model.name")]
     named += [(task, f"tasks[{index}]") for index, task in enumerate(config["tasks"])]
     named += [(entry, f"methods.{entry}") for entry in config["methods"]]
     problems = [problem for value, key in named if (problem := _path_problem(value, key)) is not None]
-    shipped = (config["model"].get("shipped"), config.get("finetune", {}).get("shipped"))
-    for folder, key in zip(shipped, ("model.shipped", "finetune.shipped")):
-        if folder is not None and (os.path.isabs(folder) or ".." in PurePosixPath(folder).parts):
+    shipped = (
+        (config["model"].get("shipped"), "model.shipped", "θ_0"),
+        (config.get("finetune", {}).get("shipped"), "finetune.shipped", "fine-tuned encoders"),
+    )
+    for folder, key, what in shipped:
+        if folder is None:
+            continue
+        if os.path.isabs(folder) or ".." in PurePosixPath(folder).parts:
             problems.append(f"{key}: {folder!r} must be a folder inside the repository (relative, without '..')")
+        elif repository is not None and not os.path.isdir(os.path.join(repository, folder)):
+            problems.append(f"{key}: {folder!r} is not a folder of the repository {repository}; expected the shipped "
+                            f"{what}, or null")  # fmt: skip
     return problems
 
 
@@ -260,16 +272,25 @@ def _finetuned_problems(config: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def cross_field_problems(config: Mapping[str, Any]) -> list[str]:
+def cross_field_problems(config: Mapping[str, Any], repository: str | os.PathLike[str] | None = None) -> list[str]:
     """The rules a schema cannot state; they assume the config already passed the schema."""
-    return path_problems(config) + task_problems(config) + method_problems(config) + _finetuned_problems(config)
+    problems = path_problems(config, repository) + task_problems(config) + method_problems(config)
+    return problems + _finetuned_problems(config)
 
 
-def check_config(config: Any, schema_path: str | os.PathLike[str], source: str = "config") -> None:
-    """ConfigError listing every problem of `config`; the cross-field rules run once the schema holds."""
+def check_config(
+    config: Any,
+    schema_path: str | os.PathLike[str],
+    source: str = "config",
+    repository: str | os.PathLike[str] | None = None,
+) -> None:
+    """ConfigError listing every problem of `config`; the cross-field rules run once the schema holds.
+
+    `repository` (the workflow's base directory) also checks that the shipped folders exist.
+    """
     schema = yaml.safe_load(Path(schema_path).read_text())
     problems = schema_problems(config, schema)
     if not problems:
-        problems = cross_field_problems(config)
+        problems = cross_field_problems(config, repository)
     if problems:
         raise ConfigError(problems, source)
