@@ -13,7 +13,7 @@ import pytest
 from mergeflow.cli import main
 from mergeflow.data import split_paths
 from mergeflow.finetune import FinetuneSettings
-from mergeflow.shipped_finetuned import encoder_path, finetune_recipe, ship_finetuned
+from mergeflow.shipped_finetuned import encoder_path, finetune_inputs, finetune_recipe, ship_finetuned
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = "shapes"
@@ -42,9 +42,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def ship_as_recipe(root: Path, encoder: Path, folder: Path) -> Path:
     """Ship `encoder` under the recipe of the fixture's job (settings, θ_0, head, train split)."""
-    images, labels = split_paths(root / "data" / TASK, "train")
-    inputs = {"pretrained": root / "model" / "pretrained.safetensors", "head": root / "head.safetensors",
-              "train_images": images, "train_labels": labels}  # fmt: skip
+    inputs = finetune_inputs(root / "model", root / "head.safetensors", root / "data" / TASK)
     ship_finetuned(encoder, folder, TASK, finetune_recipe(SETTINGS.as_recipe(), inputs), {"command": "test"})
     return folder
 

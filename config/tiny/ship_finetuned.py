@@ -21,10 +21,14 @@ from workflow_run import REPO, check_only, default_config, made_with, run_target
 
 def main() -> int:
     check = check_only(__doc__, "fine-tuning")
-    from mergeflow.data import split_paths
     from mergeflow.finetune import FinetuneSettings
-    from mergeflow.model import pretrained_path
-    from mergeflow.shipped_finetuned import encoder_path, finetune_recipe, read_finetune_recipe, ship_finetuned
+    from mergeflow.shipped_finetuned import (
+        encoder_path,
+        finetune_inputs,
+        finetune_recipe,
+        read_finetune_recipe,
+        ship_finetuned,
+    )
 
     config = default_config()
     shipped = REPO / config["finetune"]["shipped"]
@@ -45,10 +49,8 @@ def main() -> int:
                 print(f"{task}: {'identical' if equal else 'DIFFERS'} ({origin})")
                 same &= equal
                 continue
-            train_images, train_labels = split_paths(results / "data" / task, "train")
-            inputs = {"pretrained": pretrained_path(results / "models" / name),
-                      "head": results / "heads" / name / f"{task}.safetensors",
-                      "train_images": train_images, "train_labels": train_labels}  # fmt: skip
+            head = results / "heads" / name / f"{task}.safetensors"
+            inputs = finetune_inputs(results / "models" / name, head, results / "data" / task)
             recipe = finetune_recipe(settings.as_recipe(), inputs)
             recipe = ship_finetuned(encoder, shipped, task, recipe, made_with("ship_finetuned.py", threads=1))
             print(f"shipped {encoder_path(shipped, task)}: {recipe['sha256']}")

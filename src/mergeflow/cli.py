@@ -190,14 +190,10 @@ def cmd_build_head(args: argparse.Namespace) -> int:
 
 def _install_shipped_finetuned(args: argparse.Namespace, settings: FinetuneSettings) -> bool:
     """Install the shipped encoder when it is exactly this job's result; log why not otherwise."""
-    from mergeflow.data import split_paths
-    from mergeflow.model import pretrained_path
-    from mergeflow.shipped_finetuned import finetune_recipe, install_finetuned, unmatched_inputs
+    from mergeflow.shipped_finetuned import finetune_inputs, finetune_recipe, install_finetuned, unmatched_inputs
 
     task = Path(args.data_dir).name
-    train_images, train_labels = split_paths(args.data_dir, "train")
-    inputs = {"pretrained": pretrained_path(args.model_dir), "head": args.head, "train_images": train_images,
-              "train_labels": train_labels}  # fmt: skip
+    inputs = finetune_inputs(args.model_dir, args.head, args.data_dir)
     differences = unmatched_inputs(args.shipped, task, finetune_recipe(settings.as_recipe(), inputs))
     if differences is None:
         log.info("fine-tuning: %s ships no encoder for %r", args.shipped, task)

@@ -58,6 +58,16 @@ def unmatched_settings(directory: str | os.PathLike[str], config: Mapping[str, A
     return recipe_differences(read_recipe(directory)["settings"], recipe_of(config))
 
 
+def check_sha256(path: str | os.PathLike[str], expected: str, regenerate_with: str) -> None:
+    """InputError naming `path` when its sha256 is not the recipe's (a corrupt or replaced shipped file)."""
+    actual = sha256_file(path)
+    if actual != expected:
+        raise InputError(
+            f"{path}: sha256 {actual} does not match its recipe's {expected} (corrupt or replaced file; "
+            f"regenerate it with {regenerate_with})"
+        )
+
+
 def install_shipped(directory: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
     """Copy a shipped model directory to `out` after checking every file against the recipe's sha256."""
     source = Path(directory)
@@ -68,12 +78,7 @@ def install_shipped(directory: str | os.PathLike[str], out: str | os.PathLike[st
             raise InputError(f"{path}: file not found (the shipped θ_0 is incomplete)")
         if name not in expected:
             raise InputError(f"{source / RECIPE_FILE}: no sha256 for {name!r}")
-        actual = sha256_file(path)
-        if actual != expected[name]:
-            raise InputError(
-                f"{path}: sha256 {actual} does not match the recipe's {expected[name]} (corrupt or replaced file; "
-                "regenerate it with config/tiny/ship_pretrained.py)"
-            )
+        check_sha256(path, expected[name], "config/tiny/ship_pretrained.py")
     target = Path(out)
     target.mkdir(parents=True, exist_ok=True)
     for name in MODEL_FILES:

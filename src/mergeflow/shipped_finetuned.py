@@ -17,8 +17,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mergeflow.data import split_paths
 from mergeflow.io import InputError, atomic_path, read_json, sha256_file, write_json
-from mergeflow.shipped import recipe_differences
+from mergeflow.model import pretrained_path
+from mergeflow.shipped import check_sha256, recipe_differences
 
 # What a fine-tuned encoder is a function of, besides the settings (the logit scale travels in the head file).
 FINETUNE_INPUTS = ("pretrained", "head", "train_images", "train_labels")
@@ -30,6 +32,15 @@ def encoder_path(directory: str | os.PathLike[str], task: str) -> Path:
 
 def recipe_path(directory: str | os.PathLike[str], task: str) -> Path:
     return Path(directory) / f"{task}.json"
+
+
+def finetune_inputs(
+    model_dir: str | os.PathLike[str], head: str | os.PathLike[str], data_dir: str | os.PathLike[str]
+) -> dict[str, Path]:
+    """The files (keys FINETUNE_INPUTS) a fine-tuning job reads: θ_0 of `model_dir`, the head, the train split."""
+    train_images, train_labels = split_paths(data_dir, "train")
+    return {"pretrained": pretrained_path(model_dir), "head": Path(head), "train_images": train_images,
+            "train_labels": train_labels}  # fmt: skip
 
 
 def finetune_recipe(settings: Mapping[str, Any], inputs: Mapping[str, str | os.PathLike[str]]) -> dict[str, Any]:
@@ -71,12 +82,7 @@ def install_finetuned(directory: str | os.PathLike[str], task: str, out: str | o
     source = encoder_path(directory, task)
     if recipe is None or not source.is_file():
         raise InputError(f"{source}: no shipped fine-tuned encoder (with its {recipe_path(directory, task).name})")
-    actual = sha256_file(source)
-    if actual != recipe["sha256"]:
-        raise InputError(
-            f"{source}: sha256 {actual} does not match its recipe's {recipe['sha256']} (corrupt or replaced file; "
-            "regenerate it with config/tiny/ship_finetuned.py)"
-        )
+    check_sha256(source, recipe["sha256"], "config/tiny/ship_finetuned.py")
     with atomic_path(out) as tmp:
         shutil.copyfile(source, tmp)
 
