@@ -10,7 +10,7 @@
 and the ratios (a)/(b) and (a)/(c). With --parity it also counts how many predictions of a random
 10-class head under fp16 and bf16 autocast equal the fp32 ones on the same images (ViT-B-32).
 
-    python benchmarks/eval_throughput.py                      # ViT-B-32 and ViT-L-14 on CUDA if present
+    python benchmarks/eval_throughput.py                      # ViT-B-32, ViT-B-16 and ViT-L-14 on CUDA if present
     python benchmarks/eval_throughput.py --device cpu --images 64 --large-images 8 --threads 2
 """
 
@@ -135,6 +135,11 @@ def parity(visual, head, images: np.ndarray, spec: ModelSpec, device, batch_size
     return agreement
 
 
+def write_report(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
@@ -148,7 +153,7 @@ def machine(device: torch.device) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["ViT-B-32", "ViT-L-14"])
+    parser.add_argument("--models", nargs="+", default=["ViT-B-32", "ViT-B-16", "ViT-L-14"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--images", type=int, default=2048, help="images per pass for ViT-B models")
     parser.add_argument("--large-images", type=int, default=512, help="images per pass for ViT-L models")
@@ -202,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.parity and name == "ViT-B-32":
             row["parity"] = parity(visual, head, stored, spec, device, batch_size)
         report["rows"].append(row)
+        write_report(args.out, report)  # after every model: a run stopped at its time limit keeps what it measured
         print(f"| {name} | {count} | {ours_rate:.1f} | {peers_rate:.1f} | {compute_rate:.1f} | "
               f"{row['ours_over_peers']:.2f} | {row['ours_over_compute']:.2f} |", flush=True)  # fmt: skip
         del visual
@@ -212,8 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             agreement = row["parity"]
             print(f"parity {row['model']}: predictions equal to fp32 on {agreement['fp16']:.2f}% (fp16) and "
                   f"{agreement['bf16']:.2f}% (bf16) of {agreement['images']} images")  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

@@ -228,3 +228,16 @@ def test_bad_inputs_name_what_is_wrong(setup, tmp_path: Path) -> None:
     save_state_dict(tmp_path / "other.safetensors", {"weight": torch.zeros(2)})
     with pytest.raises(InputError, match="other.safetensors: not a mergeflow learned-merge file"):
         load_learned_merge(tmp_path / "other.safetensors")
+
+
+def test_adaptation_logs_its_build_time_and_steps(setup, caplog) -> None:
+    """benchmarks/gpu_sweep.py and adaptation_speed.py read the step time from this line."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="mergeflow.adaptive.adaptation"):
+        run(setup, dataclasses.replace(TRAINED["adamerging"], steps=3))
+    (record,) = [r for r in caplog.records if "steps in" in r.msg]
+    method, build_s, steps, steps_s, per_step = record.args
+    assert (method, steps) == ("adamerging", 3) and build_s > 0 and steps_s > 0
+    assert per_step == pytest.approx(steps_s / 3)
+    assert "adamerging: merge built in" in record.getMessage()

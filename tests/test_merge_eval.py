@@ -176,3 +176,22 @@ def test_a_split_over_the_budget_is_read_per_batch_from_its_array(tmp_path: Path
     streamed = torch.cat(list(second.batches(spec, 4)))
     staged = torch.cat(list(first.batches(spec, 4)))
     assert torch.equal(streamed, staged) and streamed.shape == (10, 3, 16, 16)
+
+
+def test_every_evaluated_pass_logs_its_images_and_seconds(setup, caplog) -> None:
+    """benchmarks/gpu_sweep.py reads the pass times of a real sweep from these lines."""
+    import logging
+    import re
+
+    pretrained, finetuned, evaluate, reference = setup
+    grid = {"rank": [0.0, 0.5], "lam": [1.0, 2.0]}
+    with caplog.at_level(logging.INFO, logger="mergeflow.merge_eval"):
+        sweep_method("cart", grid, pretrained, finetuned, evaluate, reference, progress=False)
+    pattern = re.compile(r"cart (val|test) pass at (\{.*\}): merge ([\d.]+) s, (\d+) images in ([\d.]+) s")
+    passes = [pattern.fullmatch(record.getMessage()) for record in caplog.records]
+    passes = [m for m in passes if m]
+    # rank 0 is one model at every lam: 1 + 2 val passes, then one test pass per rank
+    assert [m[1] for m in passes] == ["val"] * 3 + ["test"] * 2
+    assert {int(m[4]) for m in passes if m[1] == "val"} == {40 * len(TASKS)}
+    assert {int(m[4]) for m in passes if m[1] == "test"} == {30 * len(TASKS)}
+    assert all(float(m[5]) > 0 for m in passes)

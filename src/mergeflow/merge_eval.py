@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +18,11 @@ from mergeflow.evaluate import EvalSettings, predict_staged, stage_splits
 from mergeflow.io import InputError
 from mergeflow.method_entries import base_method, expand_grid, factor_kind
 from mergeflow.model import ModelSpec, check_weights
+from mergeflow.runtime import synchronize
 from mergeflow.selection import as_rows, mark_selection, selected_settings, setting_key, sweep_axis_of
 from mergeflow.types import StateDict
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,10 @@ class SweepEvaluator:
         }
         self._direction: merging.MergeDirection | None = None
 
+    def images(self, split: str) -> int:
+        """Images in one pass over `split` of every task."""
+        return sum(len(self._labels[(split, name)]) for name in self.task_names)
+
     @torch.no_grad()
     def load_state_dict(self, state_dict: StateDict, source: str) -> None:
         """Copy a whole state dict into the module (keys and shapes checked against it)."""
@@ -111,7 +120,12 @@ def reference_accuracies(
     Columns task, split, zeroshot, individual; val rows first, tasks in the evaluator's order.
     """
     evaluator.load_state_dict(pretrained, "pretrained state dict")
-    zeroshot_by_split = {split: evaluator.accuracies(split) for split in EVAL_SPLITS}
+    zeroshot_by_split = {}
+    for split in EVAL_SPLITS:
+        started = time.perf_counter()
+        zeroshot_by_split[split] = evaluator.accuracies(split)
+        log.info("zero-shot %s pass: %d images in %.3f s", split, evaluator.images(split),
+                 time.perf_counter() - started)  # fmt: skip
     individual_by_split: dict[str, dict[str, float]] = {split: {} for split in EVAL_SPLITS}
     for name, weights in zip(evaluator.task_names, finetuned):
         evaluator.load_state_dict(weights, f"fine-tuned state dict of {name!r}")
@@ -166,6 +180,7 @@ def sweep_method(
     lam_free_results: dict[tuple[str, str], dict[str, float]] = {}
 
     def evaluate(setting: Mapping[str, Any], split: str) -> dict[str, float]:
+        started = time.perf_counter()
         key = setting_key(_without_lam(setting))
         if key not in directions:
             directions.clear()  # grid order groups lam values together; keep one direction in memory
@@ -176,7 +191,12 @@ def sweep_method(
         if not direction.delta and (key, split) in lam_free_results:
             return lam_free_results[(key, split)]
         evaluator.load_direction(direction, float(setting.get("lam", 0.0)))
+        synchronize(evaluator.device)
+        merged = time.perf_counter()
         results = evaluator.accuracies(split)
+        # One line per pass: benchmarks/gpu_sweep.py reads the pass times of a real sweep from these.
+        log.info("%s %s pass at %s: merge %.3f s, %d images in %.3f s", method, split, setting_key(setting),
+                 merged - started, evaluator.images(split), time.perf_counter() - merged)  # fmt: skip
         if not direction.delta:
             lam_free_results[(key, split)] = results
         return results

@@ -25,7 +25,9 @@ Where we differ, on purpose:
 
 from __future__ import annotations
 
+import logging
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,7 +43,10 @@ from mergeflow.adaptive.parametrisation import AdaptiveMerge
 from mergeflow.adaptive.settings import MethodSettings
 from mergeflow.io import InputError
 from mergeflow.model import ModelSpec, images_to_tensor
+from mergeflow.runtime import synchronize
 from mergeflow.types import StateDict
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -145,7 +150,10 @@ def adapt(
         raise InputError(f"{settings.method}: setting 'bf16_autocast' needs a CUDA device, got {target}")
     _check_encoder(visual, pretrained)
     check_tasks(tasks, len(finetuned), spec, settings.batch_size)
+    started = time.perf_counter()
     merge = build_adaptive_merge(settings, pretrained, finetuned, target)
+    synchronize(target)
+    built = time.perf_counter()
     trainable = trainable_for(settings, merge)
     optimizer = torch.optim.Adam(trainable.parameters(), lr=settings.lr, betas=settings.betas, weight_decay=0.0)
     heads = [task.head.to(target, torch.float32) for task in tasks]
@@ -165,4 +173,8 @@ def adapt(
         trainable.project_()
         curve[step] = entropies.cpu().numpy()
         bar.set_postfix(entropy=f"{curve[step].sum():.4f}", refresh=False)
+    # Each step ends by copying its entropies to the host, so the clock has waited for the device.
+    seconds = time.perf_counter() - built
+    log.info("%s: merge built in %.3f s; %d steps in %.3f s (%.4f s per step)", settings.method, built - started,
+             settings.steps, seconds, seconds / max(1, settings.steps))  # fmt: skip
     return AdaptationResult(trainable.learned(settings, merge.columns), curve, merge)

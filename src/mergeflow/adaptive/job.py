@@ -6,6 +6,7 @@ tables and figures read them alike. Test labels are read only after adaptation, 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
@@ -18,6 +19,8 @@ from mergeflow.io import InputError
 from mergeflow.merge_eval import EVAL_SPLITS, SweepEvaluator
 from mergeflow.selection import as_rows, best_setting, mark_selection, setting_key
 from mergeflow.types import StateDict
+
+log = logging.getLogger(__name__)
 
 
 def cart_selection(cart_rows: pd.DataFrame, source: str) -> dict[str, float]:
@@ -46,8 +49,14 @@ def adapt_and_evaluate(
     progress: bool = True,
 ) -> tuple[pd.DataFrame, AdaptationResult]:
     """Adapt (no labels), load the adapted encoder into the evaluator, and return its val and test rows."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        held = torch.cuda.memory_allocated(device)
     result = adapt(evaluator.visual, evaluator.spec, pretrained, finetuned, unlabeled, settings, device,
                    progress=progress)  # fmt: skip
+    if device.type == "cuda":
+        log.info("%s: peak device memory during adaptation %.3f GiB, %.3f GiB of it held before (encoder, staged "
+                 "images)", entry, torch.cuda.max_memory_allocated(device) / 2**30, held / 2**30)  # fmt: skip
     evaluator.load_state_dict(result.merged_state_dict(), f"{entry}: adapted merge")
     setting = {key: value for key, value in settings_to_json(settings).items() if key != "method"}
     rows = [
