@@ -3,7 +3,7 @@ import sys
 
 from snakemake.utils import min_version, validate
 
-from mergeflow.config_check import ConfigError, check_config
+from mergeflow.config_check import ConfigError, check_config, command_line_values, load_schema
 
 min_version("8.20")
 
@@ -15,14 +15,18 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+SCHEMA = f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
+# `--config job_server=false` arrives as the string 'false' (and every value of a nested `--config` as a
+# string): read such strings as the booleans, numbers and nulls the schema expects there.
+command_line_values(config, load_schema(SCHEMA))
 # Every mistake in the config is reported here, as one message, before the DAG is built or any job starts.
 try:
-    check_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml", repository=workflow.basedir)
+    check_config(config, SCHEMA, repository=workflow.basedir)
 except ConfigError as err:
     print(err, file=sys.stderr)
     sys.exit(1)
 # The config is valid; this fills in the schema's defaults.
-validate(config, "workflow/schemas/config.schema.yaml")
+validate(config, SCHEMA)
 
 
 include: "workflow/rules/common.smk"

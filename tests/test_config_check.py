@@ -208,3 +208,49 @@ def test_fuzzed_configs_pass_or_give_a_clean_error(replacements) -> None:
             continue  # an earlier replacement removed this branch
     for problem in problems_of(config):
         assert isinstance(problem, str) and problem and "\n" not in problem
+
+
+def command_line(*entries: str) -> dict:
+    """The default config with `snakemake --config entries` applied, as Snakemake hands it to the Snakefile."""
+    from snakemake.cli import parse_config
+    from snakemake.utils import update_config
+
+    from mergeflow.config_check import command_line_values, load_schema
+
+    config = copy.deepcopy(DEFAULT)
+    update_config(config, parse_config(list(entries)))
+    return command_line_values(config, load_schema(SCHEMA))
+
+
+def test_command_line_strings_become_the_booleans_numbers_and_nulls_the_schema_expects() -> None:
+    config = command_line("job_server=false", "evaluation={batch_size: 64, resident_mb: 1.5e3, precision: fp16}",
+                          "methods={cart: {rank: [0.1, 1], lam: 2}, adarank: {steps: 20, initial_rank: selected}}",
+                          "finetune={shipped: null, lr: 3e-4}", "data={seed: 3}")  # fmt: skip
+    assert config["job_server"] is False
+    assert config["evaluation"] == {"batch_size": 64, "resident_mb": 1500.0, "precision": "fp16"}
+    assert config["methods"]["cart"] == {"rank": [0.1, 1], "lam": 2}
+    assert config["methods"]["adarank"]["steps"] == 20 and config["methods"]["adarank"]["initial_rank"] == "selected"
+    assert config["finetune"]["shipped"] is None and config["finetune"]["lr"] == 3e-4
+    assert config["data"] == {**DEFAULT["data"], "seed": 3}
+    assert problems_of(config) == []
+
+
+def test_a_command_line_string_that_is_no_number_still_meets_the_schema() -> None:
+    assert problems_of(command_line("job_server=maybe")) == ["job_server: expected boolean, got 'maybe' (str)"]
+    assert problems_of(command_line("evaluation={batch_size: many}")) == [
+        "evaluation.batch_size: expected integer, got 'many' (str)"
+    ]
+    assert command_line("model={shipped: '1'}")["model"]["shipped"] == "1"  # a string key stays a string
+
+
+def test_snakemake_accepts_false_typed_on_its_command_line(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(DEFAULT))
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+         "--configfile", str(tmp_path / "config.yaml"), "--cores", "1", "--dry-run", "--printshellcmds", "--config",
+         "job_server=false", "evaluation={batch_size: 64}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "invalid config" not in run.stderr
+    assert "mergeflow evaluate-reference" in run.stdout and "--batch-size 64 " in run.stdout

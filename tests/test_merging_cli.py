@@ -1,4 +1,4 @@
-"""`mergeflow merge` and `mergeflow methods` as wired by `add_merge_commands`."""
+"""`mergeflow merge` as wired by `add_merge_command`, and `mergeflow methods` through the `mergeflow` command."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from mergeflow.adaptive.settings import SETTINGS_CLASSES
+from mergeflow.cli import main
 from mergeflow.io import load_state_dict, save_state_dict
 from mergeflow.merging import METHODS, merge_state_dicts
-from mergeflow.merging.cli import add_merge_commands
+from mergeflow.merging.cli import add_merge_command
 
 KEYS = {
     "transformer.resblocks.0.attn.in_proj_weight": (12, 4),
@@ -21,7 +23,7 @@ KEYS = {
 
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mergeflow")
-    add_merge_commands(parser.add_subparsers(dest="command", required=True))
+    add_merge_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -124,12 +126,19 @@ def test_merge_key_mismatch_names_file_and_key(models, tmp_path: Path, capsys: p
 
 
 def test_methods_lists_every_method_and_hyper_parameter(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["methods"]) == 0
+    assert main(["methods"]) == 0
     out = capsys.readouterr().out
     headers = [line.split(":")[0] for line in out.splitlines() if not line.startswith(" ")]
-    assert headers == list(METHODS)
+    adaptive = " (test-time adaptation on unlabeled test images)"
+    assert headers == list(METHODS) + [name + adaptive for name in SETTINGS_CLASSES]
+    assert list(SETTINGS_CLASSES) == ["adamerging", "adamerging_cart", "adarank"]
     for method in METHODS.values():
         for param in method.params:
             assert f"    {param.name} ({param.type_name}, default " in out
     assert "p (float, default 0.5; [0, 1)): drop probability" in out
     assert "merge (choice, default mean; one of 'mean', 'sum')" in out
+    adarank = out[out.index("adarank" + adaptive) :]
+    assert "    steps (int, default 10000): Adam steps" in adarank
+    assert "    initial_rank (float, required): " in adarank
+    assert "    granularity (one of 'task', 'layer', default \"layer\"): " in out
+    assert "    tasks_per_pass (int or null, default null): " in out

@@ -2,12 +2,14 @@
 
 Runs the workflow's own rules (the shipped θ_0, prepare_data, build_head, finetune at one thread per job, on the
 CPU) in a temporary directory with `finetune.shipped` removed, then copies each fine-tuned encoder and writes
-its recipe: the fine-tuning settings, the sha256 of θ_0, the head and the train split it was made from, its own
-sha256, and the machine and torch version. With --check it only reports whether a fresh fine-tuning reproduces
-the shipped encoders byte for byte.
+its recipe: the fine-tuning settings, the sha256 of the files it was made from (θ_0, the text tower and the
+class names its head is built from, the train split), its own sha256, and the machine, CPU kernels and torch
+version. With --check it only reports whether a fresh fine-tuning reproduces the shipped encoders byte for
+byte. Run both with the AVX2 kernels (README, "What is bitwise"), the set the shipped encoders were made with:
 
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 \\
     python config/tiny/ship_finetuned.py          # after changing θ_0, finetune.*, data.* or a tiny task
-    python config/tiny/ship_finetuned.py --check
+    python config/tiny/ship_finetuned.py --check  # (with the same three variables)
 """
 
 from __future__ import annotations
@@ -49,8 +51,7 @@ def main() -> int:
                 print(f"{task}: {'identical' if equal else 'DIFFERS'} ({origin})")
                 same &= equal
                 continue
-            head = results / "heads" / name / f"{task}.safetensors"
-            inputs = finetune_inputs(results / "models" / name, head, results / "data" / task)
+            inputs = finetune_inputs(results / "models" / name, results / "data" / task)
             recipe = finetune_recipe(settings.as_recipe(), inputs)
             recipe = ship_finetuned(encoder, shipped, task, recipe, made_with("ship_finetuned.py", threads=1))
             print(f"shipped {encoder_path(shipped, task)}: {recipe['sha256']}")

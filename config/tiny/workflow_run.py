@@ -22,12 +22,13 @@ def cpu_name() -> str:
 
 
 def made_with(script: str, threads: int) -> dict[str, str]:
-    """The provenance a shipped recipe records: the command, the machine and the torch build."""
+    """The provenance a shipped recipe records: the command, the machine, its torch kernel set and the torch build."""
     import torch
 
     return {
         "command": f"python config/tiny/{script}",
         "machine": f"{platform.machine()} {cpu_name()}, {threads} thread{'s' if threads > 1 else ''}",
+        "kernels": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
     }
 

@@ -193,7 +193,7 @@ def _install_shipped_finetuned(args: argparse.Namespace, settings: FinetuneSetti
     from mergeflow.shipped_finetuned import finetune_inputs, finetune_recipe, install_finetuned, unmatched_inputs
 
     task = Path(args.data_dir).name
-    inputs = finetune_inputs(args.model_dir, args.head, args.data_dir)
+    inputs = finetune_inputs(args.model_dir, args.data_dir)
     differences = unmatched_inputs(args.shipped, task, finetune_recipe(settings.as_recipe(), inputs))
     if differences is None:
         log.info("fine-tuning: %s ships no encoder for %r", args.shipped, task)
@@ -203,8 +203,9 @@ def _install_shipped_finetuned(args: argparse.Namespace, settings: FinetuneSetti
                  ", ".join(differences))  # fmt: skip
         return False
     install_finetuned(args.shipped, task, args.out)
-    log.info("installed the shipped fine-tuned encoder of %r from %s (same settings, θ_0, head and train split by "
-             "sha256; the encoder's own sha256 checked)", task, args.shipped)  # fmt: skip
+    log.info("installed the shipped fine-tuned encoder of %r from %s (same settings, and by sha256 the same θ_0, "
+             "text tower, class names and train split; the encoder's own sha256 checked)",
+             task, args.shipped)  # fmt: skip
     return True
 
 
@@ -350,6 +351,19 @@ def cmd_decompose(args: argparse.Namespace) -> int:
     log.info(
         "%s task factors of %d matrices × %d tasks → %s", args.kind, len(factors.matrices), factors.num_tasks, args.out
     )
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    """Every method a config's `methods` may name: the static merges, then the test-time adaptive ones."""
+    from mergeflow.adaptive.settings import SETTINGS_CLASSES, describe_settings
+    from mergeflow.merging.cli import describe_method
+    from mergeflow.merging.registry import METHODS
+
+    for method in METHODS.values():
+        print("\n".join(describe_method(method)))
+    for settings in SETTINGS_CLASSES.values():
+        print("\n".join(describe_settings(settings)))
     return 0
 
 
@@ -517,13 +531,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_decompose)
 
     from mergeflow.adaptive.cli import add_adaptive_commands
-    from mergeflow.merging.cli import add_merge_commands
+    from mergeflow.merging.cli import add_merge_command
     from mergeflow.report.cli import add_report_commands
 
     p = add_adaptive_commands(sub)
     _evaluation_arguments(p)
     p.add_argument("--reference", required=True, help="CSV written by evaluate-reference")
-    add_merge_commands(sub)
+    add_merge_command(sub)
+    p = sub.add_parser(
+        "methods", help="list every merging method (static and test-time adaptive) with its settings and defaults"
+    )
+    p.set_defaults(func=cmd_methods)
     add_report_commands(sub)
     return parser
 

@@ -278,6 +278,79 @@ def cross_field_problems(config: Mapping[str, Any], repository: str | os.PathLik
     return problems + _finetuned_problems(config)
 
 
+def load_schema(path: str | os.PathLike[str]) -> dict[str, Any]:
+    return yaml.safe_load(Path(path).read_text())
+
+
+# YAML 1.2's core-schema spellings, which is what a value typed on the command line means.
+_BOOLEANS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+_NULLS = ("null", "Null", "NULL", "~")
+_INTEGER = re.compile(r"[-+]?[0-9]+")
+_NUMBER = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+
+
+def _types(schema: Any) -> set[str]:
+    """The JSON types a schema node admits (its own `type`, `enum` or `const`, or any of its oneOf/anyOf)."""
+    if not isinstance(schema, Mapping):
+        return set()
+    declared = schema.get("type")
+    types = set([declared] if isinstance(declared, str) else declared or [])
+    for value in [*schema.get("enum", []), *([schema["const"]] if "const" in schema else [])]:
+        types.add("string" if isinstance(value, str) else "boolean" if isinstance(value, bool) else "number")
+    for branch in [*schema.get("oneOf", []), *schema.get("anyOf", [])]:
+        types |= _types(branch)
+    return types
+
+
+def _branches(schema: Any, kind: str) -> list[Mapping[str, Any]]:
+    """The schema node and those of its oneOf/anyOf branches that describe a value of JSON type `kind`."""
+    if not isinstance(schema, Mapping):
+        return []
+    found = [schema] if kind in _types({key: schema[key] for key in ("type",) if key in schema}) else []
+    for branch in [*schema.get("oneOf", []), *schema.get("anyOf", [])]:
+        found += _branches(branch, kind)
+    return found
+
+
+def _scalar_from_text(text: str, types: set[str]) -> Any:
+    """`text` as the null, boolean, integer or number the schema admits there; unchanged when it is none."""
+    if "null" in types and text in _NULLS:
+        return None
+    if "boolean" in types and text in _BOOLEANS:
+        return _BOOLEANS[text]
+    if types & {"integer", "number"} and _INTEGER.fullmatch(text):
+        return int(text)
+    if "number" in types and _NUMBER.fullmatch(text):
+        return float(text)
+    return text
+
+
+def command_line_values(config: Any, schema: Mapping[str, Any]) -> Any:
+    """Turn the strings of `snakemake --config` into the booleans, numbers and nulls the schema expects.
+
+    Snakemake keeps `job_server=false` as the string 'false', and every value inside a nested
+    `evaluation={batch_size: 64}` as a string too. Where the schema admits a boolean, an integer, a number
+    or null at that key path, a string spelling one of them (YAML 1.2: true/false, 64, 1.5e3, null) becomes
+    it; any other string stays and meets the schema's own check. Returns the converted value; dictionaries
+    and lists are converted in place, so the workflow's `config` itself holds the typed values.
+    """
+    if isinstance(config, str):
+        return _scalar_from_text(config, _types(schema))
+    if isinstance(config, dict):
+        for node in _branches(schema, "object"):
+            for key, value in config.items():
+                properties = node.get("properties", {})
+                child = properties.get(key, node.get("additionalProperties"))
+                if isinstance(child, Mapping):
+                    config[key] = command_line_values(value, child)
+    elif isinstance(config, list):
+        for node in _branches(schema, "array"):
+            if isinstance(node.get("items"), Mapping):
+                for index, value in enumerate(config):
+                    config[index] = command_line_values(value, node["items"])
+    return config
+
+
 def check_config(
     config: Any,
     schema_path: str | os.PathLike[str],
@@ -288,7 +361,7 @@ def check_config(
 
     `repository` (the workflow's base directory) also checks that the shipped folders exist.
     """
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = load_schema(schema_path)
     problems = schema_problems(config, schema)
     if not problems:
         problems = cross_field_problems(config, repository)

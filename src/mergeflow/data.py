@@ -42,6 +42,11 @@ def _save_array(path: Path, array: np.ndarray) -> None:
             np.save(handle, array, allow_pickle=False)
 
 
+def classes_path(task_dir: str | os.PathLike[str]) -> Path:
+    """The class names and templates of a task directory (written last: the directory's completion marker)."""
+    return Path(task_dir) / "classnames.json"
+
+
 def split_paths(task_dir: str | os.PathLike[str], split: str) -> tuple[Path, Path]:
     """The images and labels files of one split in a task directory."""
     directory = Path(task_dir)
@@ -92,7 +97,7 @@ def load_split(task_dir: str | os.PathLike[str], split: str) -> tuple[np.ndarray
     if low < 0 or high >= num_classes:
         raise InputError(
             f"{labels_path}: labels range over [{low}, {high}], outside the {num_classes} classes of "
-            f"{directory / 'classnames.json'}"
+            f"{classes_path(directory)}"
         )
     return images, labels
 
@@ -102,20 +107,20 @@ def check_head_fits(head: Any, head_path: str | os.PathLike[str], task_dir: str 
     num_classes = len(load_classes(task_dir).classnames)
     if head.shape[0] != num_classes:
         raise InputError(
-            f"{head_path}: head has {head.shape[0]} classes but {Path(task_dir) / 'classnames.json'} has "
+            f"{head_path}: head has {head.shape[0]} classes but {classes_path(task_dir)} has "
             f"{num_classes}; rebuild the head for this data"
         )
 
 
 def save_classes(task_dir: str | os.PathLike[str], task: str, classes: TaskClasses) -> None:
     write_json(
-        Path(task_dir) / "classnames.json",
+        classes_path(task_dir),
         {"task": task, "classnames": list(classes.classnames), "templates": list(classes.templates)},
     )
 
 
 def load_classes(task_dir: str | os.PathLike[str]) -> TaskClasses:
-    path = Path(task_dir) / "classnames.json"
+    path = classes_path(task_dir)
     obj = read_json(path)
     for key in ("classnames", "templates"):
         if not isinstance(obj.get(key), list) or not obj[key]:

@@ -30,6 +30,11 @@ def pretrained_path(model_dir: str | os.PathLike[str]) -> Path:
     return Path(model_dir) / "pretrained.safetensors"
 
 
+def text_path(model_dir: str | os.PathLike[str]) -> Path:
+    """The text tower and logit scale of a model directory (what the zero-shot heads are computed from)."""
+    return Path(model_dir) / "text.safetensors"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything needed to rebuild a CLIP and feed it images and text."""
@@ -137,7 +142,7 @@ def split_clip_state_dict(state_dict: Mapping[str, torch.Tensor]) -> tuple[State
 def save_model_dir(model_dir: str | os.PathLike[str], spec: ModelSpec, clip: torch.nn.Module) -> None:
     image, text = split_clip_state_dict(clip.state_dict())
     directory = Path(model_dir)
-    save_state_dict(directory / "text.safetensors", text, {"model": spec.name})
+    save_state_dict(text_path(directory), text, {"model": spec.name})
     write_json(directory / "model.json", spec.to_json())
     # Written last: Snakemake treats the image encoder as the directory's completion marker.
     save_state_dict(pretrained_path(directory), image, {"model": spec.name})
@@ -191,7 +196,7 @@ def load_clip(model_dir: str | os.PathLike[str]) -> tuple[ModelSpec, torch.nn.Mo
     spec = load_spec(model_dir)
     clip = build_clip(spec)
     image = load_state_dict(pretrained_path(model_dir))
-    text = load_state_dict(Path(model_dir) / "text.safetensors")
+    text = load_state_dict(text_path(model_dir))
     combined = {VISUAL_PREFIX + key: value for key, value in image.items()} | text
     load_weights(clip, combined, str(model_dir))
     return spec, clip

@@ -3,10 +3,16 @@
 Fine-tuning the tiny8 tasks was half of the default run's compute and, like pre-training θ_0
 (mergeflow.shipped), it gives the same bytes every time on one machine type. A shipped folder holds
 `<task>.safetensors` and `<task>.json` per task; the JSON records the fine-tuning settings, the sha256 of
-every file the result depends on (θ_0, the frozen head, the train images and labels), the encoder's own
-sha256 and how it was made. The finetune verb copies the encoder when the settings and all four input
-digests equal the job's, and fine-tunes otherwise, so a changed data generator, θ_0, head or setting can
-never pick up a stale encoder.
+every file the result is a function of, the encoder's own sha256 and how it was made. The finetune verb
+copies the encoder when the settings and every input digest equal the job's, and fine-tunes otherwise, so a
+changed data generator, θ_0, text tower, class name, template or setting can never pick up a stale encoder.
+
+The recipe names files that are the same on every machine, never the result of a float computation. The
+frozen head is such a result: build-head computes it from the text tower and the class names and templates,
+and its bytes depend on the CPU's kernels (oneDNN rounds the text tower's products differently with AVX2 and
+with AVX-512). A recipe keyed on the head's bytes would miss on every CPU but the one that made it; keyed on
+the files the head is computed from, it hits wherever those files are the same. The train images are
+generated with NumPy and are the same with and without its AVX-512 kernels (README, "What is bitwise").
 """
 
 from __future__ import annotations
@@ -17,13 +23,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mergeflow.data import split_paths
+from mergeflow.data import classes_path, split_paths
 from mergeflow.io import InputError, atomic_path, read_json, sha256_file, write_json
-from mergeflow.model import pretrained_path
+from mergeflow.model import pretrained_path, text_path
 from mergeflow.shipped import check_sha256, recipe_differences
 
-# What a fine-tuned encoder is a function of, besides the settings (the logit scale travels in the head file).
-FINETUNE_INPUTS = ("pretrained", "head", "train_images", "train_labels")
+# What a fine-tuned encoder is a function of, besides the settings: θ_0, the two files its frozen head is
+# computed from (the text tower with the logit scale; the class names and templates) and the train split.
+FINETUNE_INPUTS = ("pretrained", "text_tower", "classes", "train_images", "train_labels")
 
 
 def encoder_path(directory: str | os.PathLike[str], task: str) -> Path:
@@ -34,13 +41,12 @@ def recipe_path(directory: str | os.PathLike[str], task: str) -> Path:
     return Path(directory) / f"{task}.json"
 
 
-def finetune_inputs(
-    model_dir: str | os.PathLike[str], head: str | os.PathLike[str], data_dir: str | os.PathLike[str]
-) -> dict[str, Path]:
-    """The files (keys FINETUNE_INPUTS) a fine-tuning job reads: θ_0 of `model_dir`, the head, the train split."""
+def finetune_inputs(model_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """The files (keys FINETUNE_INPUTS) that determine a fine-tuning job's result: θ_0 and the text tower of
+    `model_dir`, and the class names and train split of `data_dir` (the job's head is built from these)."""
     train_images, train_labels = split_paths(data_dir, "train")
-    return {"pretrained": pretrained_path(model_dir), "head": Path(head), "train_images": train_images,
-            "train_labels": train_labels}  # fmt: skip
+    return {"pretrained": pretrained_path(model_dir), "text_tower": text_path(model_dir),
+            "classes": classes_path(data_dir), "train_images": train_images, "train_labels": train_labels}  # fmt: skip
 
 
 def finetune_recipe(settings: Mapping[str, Any], inputs: Mapping[str, str | os.PathLike[str]]) -> dict[str, Any]:

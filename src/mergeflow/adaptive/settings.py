@@ -12,7 +12,7 @@ import math
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from mergeflow.io import InputError
@@ -40,19 +40,20 @@ class AdaptationSettings:
 
     method: ClassVar[str]
 
-    steps: int = 500
-    # Unlabeled test images per task in each step.
-    batch_size: int = 16
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    # Seeds the batch order (one NumPy generator per task, from (seed, task index)).
-    seed: int = 0
-    # CUDA only: the encoder's forward pass under bfloat16 autocast; merged weights and entropies stay float32.
-    bf16_autocast: bool = False
-    # Tasks whose batches share one forward and backward pass; None: all of them. Smaller values hold the
-    # activations of fewer images at once (the peak memory of large encoders) and accumulate the gradient
-    # over the groups: the same objective, equal up to float rounding.
-    tasks_per_pass: int | None = None
+    steps: int = field(default=500, metadata={"help": "Adam steps"})
+    batch_size: int = field(default=16, metadata={"help": "unlabeled test images per task in each step"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "Adam betas"})
+    seed: int = field(default=0, metadata={"help": "seed of the batch order (one generator per task)"})
+    bf16_autocast: bool = field(
+        default=False,
+        metadata={"help": "CUDA only: the encoder's forward pass under bfloat16 autocast (weights, entropies fp32)"},
+    )
+    # Smaller values hold the activations of fewer images at once (the peak memory of large encoders) and
+    # accumulate the gradient over the groups: the same objective, equal up to float rounding.
+    tasks_per_pass: int | None = field(
+        default=None, metadata={"help": "tasks whose batches share one forward and backward pass; null: all"}
+    )
 
     def __post_init__(self) -> None:
         name = self.method
@@ -84,9 +85,13 @@ class AdaMergingSettings(AdaptationSettings):
 
     method: ClassVar[str] = "adamerging"
 
-    granularity: Literal["task", "layer"] = "layer"
-    init: float = 0.3
-    clamp: tuple[float, float] | None = (0.0, 1.0)
+    granularity: Literal["task", "layer"] = field(
+        default="layer", metadata={"help": "one λ per task, or per task and tensor"}
+    )
+    init: float = field(default=0.3, metadata={"help": "initial λ"})
+    clamp: tuple[float, float] | None = field(
+        default=(0.0, 1.0), metadata={"help": "range λ is projected onto after each step; null: unclamped"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -106,10 +111,14 @@ class AdaMergingCartSettings(AdaptationSettings):
 
     method: ClassVar[str] = "adamerging_cart"
 
-    rank: float
-    lam: float
-    granularity: Literal["task", "layer"] = "layer"
-    clamp: tuple[float, float] | None = None
+    rank: float = field(metadata={"help": "CART's rank ratio ρ in (0, 1]; 'selected': CART's val selection"})
+    lam: float = field(metadata={"help": "initial λ (CART's); 'selected': CART's val selection"})
+    granularity: Literal["task", "layer"] = field(
+        default="layer", metadata={"help": "one λ per task, or per task and tensor"}
+    )
+    clamp: tuple[float, float] | None = field(
+        default=None, metadata={"help": "range λ is projected onto after each step; null: unclamped"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -131,11 +140,15 @@ class AdaRankSettings(AdaptationSettings):
 
     method: ClassVar[str] = "adarank"
 
-    base: Literal["cart", "task_arithmetic"]
-    initial_rank: float
-    prior: float
-    steps: int = 10000
-    mask_temperature: float = 10.0
+    base: Literal["cart", "task_arithmetic"] = field(
+        metadata={"help": "cart: θ_avg and θ_t − θ_avg; task_arithmetic: θ_0 and θ_t − θ_0"}
+    )
+    initial_rank: float = field(
+        metadata={"help": "rank ratio of the components kept at the start; 'selected': CART's val selection"}
+    )
+    prior: float = field(metadata={"help": "initial coefficient of every task and matrix; 'selected': CART's λ"})
+    steps: int = field(default=10000, metadata={"help": "Adam steps"})
+    mask_temperature: float = field(default=10.0, metadata={"help": "the mask is sigmoid(logit / temperature)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -260,3 +273,27 @@ def non_default_settings(entry: str, setting: Mapping[str, Any]) -> dict[str, An
         for key, value in setting.items()
         if key not in defaults or json.dumps(defaults[key]) != json.dumps(value)
     }
+
+
+def describe_settings(cls: type[MethodSettings]) -> list[str]:
+    """`mergeflow methods`' lines for one adaptive method: its summary, then every setting with its default."""
+    summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+    hints = typing.get_type_hints(cls)
+    lines = [f"{cls.method} (test-time adaptation on unlabeled test images): {summary}"]
+    for item in dataclasses.fields(cls):
+        default = "required" if _required(item) else f"default {json.dumps(item.default)}"
+        lines.append(
+            f"    {item.name} ({_readable_type(hints[item.name])}, {default}): {item.metadata.get('help', '')}"
+        )
+    return lines
+
+
+def _readable_type(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_readable_type(arg) for arg in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(arg) for arg in args)
+    if origin is tuple:
+        return "[" + ", ".join(_readable_type(arg) for arg in args) + "]"
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))

@@ -1,4 +1,4 @@
-"""`mergeflow merge` and `mergeflow methods`: the command-line face of the merging engine."""
+"""`mergeflow merge`: the command-line face of the merging engine (and the lines `mergeflow methods` prints)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 # which every pipeline job does, stays fast.
 
 
-def add_merge_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `merge` and `methods` subcommands; each sets `func(args) -> exit code`."""
+def add_merge_command(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `merge` subcommand; it sets `func(args) -> exit code`."""
     merge = subparsers.add_parser(
         "merge",
         help="merge fine-tuned image encoders into one",
@@ -44,9 +44,6 @@ def add_merge_commands(subparsers: argparse._SubParsersAction) -> None:
         help="compute device (default auto: cuda when available, else cpu)",
     )
     merge.set_defaults(func=run_merge)
-
-    listing = subparsers.add_parser("methods", help="list merge methods and their hyper-parameters")
-    listing.set_defaults(func=run_methods)
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, str]:
@@ -115,11 +112,3 @@ def describe_method(method: MergeMethod) -> list[str]:
             f"{param.allowed}): {param.summary}"
         )
     return lines
-
-
-def run_methods(args: argparse.Namespace) -> int:
-    from mergeflow.merging.registry import METHODS
-
-    for method in METHODS.values():
-        print("\n".join(describe_method(method)))
-    return 0
