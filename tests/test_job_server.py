@@ -115,6 +115,8 @@ def test_only_import_time_variables_count() -> None:
     job = {"HF_HOME": "/a", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin", "PYTHONPATH": "/src"}
     assert import_sensitive_difference(server, job) == ["PYTHONPATH"]
     assert import_sensitive_difference(server, {**job, "HF_HOME": "/b", "PYTHONPATH": ""}) == ["HF_HOME", "PYTHONPATH"]
+    avx2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    assert import_sensitive_difference(server, {**server, **avx2}) == sorted(avx2)  # another CPU kernel set
 
 
 def test_the_server_exits_when_its_workflow_is_gone(tmp_path: Path) -> None:

@@ -31,8 +31,11 @@ from mergeflow import launcher
 from mergeflow.launcher import SERVER_ENV
 
 # Read when a library is first imported (here, in the server), so a job whose value differs must not be
-# forked from it. Thread counts and CUDA_VISIBLE_DEVICES are applied per job and may differ.
-IMPORT_TIME_PREFIXES = ("PYTHON", "LD_", "HF_", "HUGGINGFACE", "TORCH", "PYTORCH", "MPL", "MATPLOTLIB", "KMP_", "GOMP")
+# forked from it. Thread counts and CUDA_VISIBLE_DEVICES are applied per job and may differ. The CPU kernel
+# sets of torch, oneDNN, MKL and NumPy are read once per process, and they change the bytes of results.
+IMPORT_TIME_PREFIXES = ("PYTHON", "LD_", "HF_", "HUGGINGFACE", "TORCH", "PYTORCH", "MPL", "MATPLOTLIB", "KMP_", "GOMP",
+                        "ATEN_CPU_CAPABILITY", "ONEDNN_", "DNNL_", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR",
+                        "NPY_DISABLE_CPU_FEATURES", "NPY_ENABLE_CPU_FEATURES")  # fmt: skip
 PER_JOB_VARIABLES = frozenset({"PYTORCH_CUDA_ALLOC_CONF"})  # read when CUDA starts, which is in the job
 
 
