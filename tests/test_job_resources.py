@@ -36,3 +36,19 @@ def test_merge_eval_scales_with_tasks_and_grid():
 def test_unknown_rule_is_an_error():
     with pytest.raises(ValueError, match="no resource estimate for rule 'nope'"):
         job_resources("nope", "ViT-B-32", 8)
+
+
+def test_adaptation_requests_cover_the_step_times_measured_on_a_gpu():
+    """A request below what the H200 measured would have SLURM kill the job (it did for ViT-B-32's adarank)."""
+    import json
+    from pathlib import Path
+
+    measured = Path(__file__).resolve().parents[1] / "benchmarks/results/h200-2026-12-04/adaptation_speed.json"
+    rows = json.loads(measured.read_text())["rows"]
+    assert {row["model"] for row in rows} == {"ViT-B-32", "ViT-B-16", "ViT-L-14"}
+    for row in rows:
+        steps = 10000
+        request = job_resources("adapt_eval", row["model"], row["tasks"], {"steps": steps, "batch_size": 16})
+        assert request["runtime"] * 60 >= 1.5 * steps * row["seconds_per_step"], row
+    # the paper's largest adaptation (ViT-L/14, 20 tasks, adarank) stays within a day
+    assert job_resources("adapt_eval", "ViT-L-14", 20, {"steps": 10000, "batch_size": 16})["runtime"] < 24 * 60

@@ -1,9 +1,9 @@
 """Memory and wall-time requests of each rule's jobs, scaled by model size, task count and grid size.
 
 Schedulers need them up front (SLURM kills a job past its `--mem` or `--time`), so they are generous
-estimates, not measurements: memory counts the image encoders a job holds at once (θ_0, the T
-fine-tuned models, their SVD factors), time counts forward passes relative to a ViT-B/32. Override
-any of them per rule with `--set-resources RULE:mem_mb=…` or in a profile.
+estimates: memory counts the image encoders a job holds at once (θ_0, the T fine-tuned models, their SVD
+factors), time counts forward passes relative to a ViT-B/32, and adaptation steps at twice the step times
+an H200 measured. Override any of them per rule with `--set-resources RULE:mem_mb=…` or in a profile.
 """
 
 from __future__ import annotations
@@ -33,6 +33,17 @@ MIN_RUNTIME_MINUTES = 10
 # Minutes to evaluate one task's val split (≤ 5000 images) with a ViT-B/32, with a 3× margin over a
 # data-centre GPU's fp32 throughput (about 3000 images/s); scaled by ModelScale.compute.
 TASK_EVAL_MINUTES = 0.03
+# Seconds of one fp32 adaptation step per task and unlabeled image, for the slowest adaptive method (adarank),
+# measured on one H200 at 8 tasks × 16 images (benchmarks/results/h200-2026-12-04/adaptation_speed.json;
+# ViT-L-14's adarank step is its adamerging step × adarank's ratio to adamerging on ViT-B-16). Other models
+# scale ViT-B-32's by ModelScale.compute.
+ADAPT_STEP_SECONDS_PER_IMAGE: dict[str, float] = {
+    "ViT-B-32": 0.157 / 128,
+    "ViT-B-16": 0.389 / 128,
+    "ViT-L-14": 1.475 * (0.389 / 0.359) / 128,
+}
+# A slower GPU than the H200 needs more: SLURM kills a job past its runtime, so a request must not be tight.
+ADAPT_MARGIN = 2.0
 
 
 def grid_points(grid: Mapping[str, Any]) -> int:
@@ -72,12 +83,13 @@ def job_resources(rule: str, model: str, num_tasks: int, grid: Mapping[str, Any]
         return _request(BASE_MB + 3 * tasks * encoders, (points + 10) * (merge_minutes + 3 * evaluate_minutes))
     if rule == "adapt_eval":
         # θ_0, the T task vectors (or their factors) and the Adam state; each step a forward and backward pass
-        # (about 3 forward passes) over one batch per task, then one val and one test pass
+        # over one batch per task, then one val and one test pass
         settings = grid or {}
-        images_per_step = 3 * tasks * int(settings.get("batch_size", 16))
-        minutes_per_image = TASK_EVAL_MINUTES / 5000 * scale.compute
+        images_per_step = tasks * int(settings.get("batch_size", 16))
+        seconds_per_image = ADAPT_STEP_SECONDS_PER_IMAGE.get(model, ADAPT_STEP_SECONDS_PER_IMAGE["ViT-B-32"]
+                                                             * scale.compute)  # fmt: skip
         # steps left out: the longest default (adarank, 10000), as estimates must be generous
-        adapt_minutes = int(settings.get("steps", 10000)) * images_per_step * minutes_per_image
+        adapt_minutes = int(settings.get("steps", 10000)) * images_per_step * seconds_per_image * ADAPT_MARGIN / 60
         return _request(BASE_MB + 4 * tasks * encoders, adapt_minutes + 4 * tasks * TASK_EVAL_MINUTES * scale.compute)
     if rule in ("aggregate", "lambda_rank", "scaling"):
         return _request(2000, 10)
