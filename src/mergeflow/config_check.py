@@ -289,12 +289,16 @@ _INTEGER = re.compile(r"[-+]?[0-9]+")
 _NUMBER = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 
 
+def _declared_types(schema: Mapping[str, Any]) -> set[str]:
+    declared = schema.get("type")
+    return set([declared] if isinstance(declared, str) else declared or [])
+
+
 def _types(schema: Any) -> set[str]:
     """The JSON types a schema node admits (its own `type`, `enum` or `const`, or any of its oneOf/anyOf)."""
     if not isinstance(schema, Mapping):
         return set()
-    declared = schema.get("type")
-    types = set([declared] if isinstance(declared, str) else declared or [])
+    types = _declared_types(schema)
     for value in [*schema.get("enum", []), *([schema["const"]] if "const" in schema else [])]:
         types.add("string" if isinstance(value, str) else "boolean" if isinstance(value, bool) else "number")
     for branch in [*schema.get("oneOf", []), *schema.get("anyOf", [])]:
@@ -306,7 +310,7 @@ def _branches(schema: Any, kind: str) -> list[Mapping[str, Any]]:
     """The schema node and those of its oneOf/anyOf branches that describe a value of JSON type `kind`."""
     if not isinstance(schema, Mapping):
         return []
-    found = [schema] if kind in _types({key: schema[key] for key in ("type",) if key in schema}) else []
+    found = [schema] if kind in _declared_types(schema) else []
     for branch in [*schema.get("oneOf", []), *schema.get("anyOf", [])]:
         found += _branches(branch, kind)
     return found

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from mergeflow.data import TaskClasses, save_classes, train_val_indices
+from mergeflow.data import TaskClasses, classes_path, save_classes, train_val_indices
 from mergeflow.image_tasks import hub
 from mergeflow.image_tasks.images import to_array_or_error
 from mergeflow.image_tasks.labels import LabelMap, build_label_map
@@ -218,7 +218,7 @@ def prepare_image_task(
     maps = label_maps(spec, source, readers)
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "classnames.json").unlink(missing_ok=True)
+    classes_path(directory).unlink(missing_ok=True)
     counts = _write_splits(directory, spec.name, readers, maps, image_size, val_seed, workers, batch_rows, progress)
     save_classes(directory, spec.name, TaskClasses(spec.classnames, spec.templates))
     log.info("%s: wrote %s to %s", spec.name, counts, directory)
