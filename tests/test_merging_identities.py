@@ -1,4 +1,4 @@
-"""The identities of METHODS.md, and the exactness the pipeline relies on."""
+"""The identities of docs/methods.md, and the exactness the pipeline relies on."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import torch
 from mergeflow.io import InputError
 from mergeflow.merging import METHODS, get_method, is_cart_matrix, merge_state_dicts, rank_from_ratio, resolve_hparams
 
-# Method names, hyper-parameter names and defaults exactly as in the METHODS.md table.
+# Method names, hyper-parameter names and defaults exactly as in the docs/methods.md table.
 EXPECTED_DEFAULTS = {
     "zeroshot": {},
     "weight_averaging": {},

@@ -16,7 +16,7 @@ from mergeflow.image_tasks.registry import TASK_GROUPS
 
 SUITES = {count: list(tasks) for count, tasks in TASK_GROUPS.items()}
 MODELS = ("ViT-B-32", "ViT-B-16", "ViT-L-14")
-# The CART authors' released (rank ratio, λ) per task count; published for ViT-B/32 (METHODS.md) and
+# The CART authors' released (rank ratio, λ) per task count; published for ViT-B/32 (docs/methods.md) and
 # used for every model, since no per-model setting was released.
 RELEASED_CART = {8: (0.12, 2.0), 14: (0.16, 1.5), 20: (0.32, 1.9)}
 
@@ -41,7 +41,7 @@ def methods(model: str, num_tasks: int) -> dict:
         "lowrank_ta": {"rank": list(RANKS), "lam": [0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0]},
         "cart": {"rank": list(RANKS), "lam": [0.5, 1.0, 1.5, 1.9, 2.0, 2.5, 3.0]},
         "cart@released": {"rank": rank, "lam": lam},
-        # Test-time adaptation with the official settings (METHODS.md): layer-wise AdaMerging, Adam lr 1e-3,
+        # Test-time adaptation with the official settings (docs/methods.md): layer-wise AdaMerging, Adam lr 1e-3,
         # batches of 16, 500 steps (AdaRank 10000), λ from 0.3 clamped to [0, 1]; AdaMerging + CART and
         # AdaRank start from CART's val-selected rank and λ.
         "adamerging": {"granularity": "layer", "steps": 500, "batch_size": 16, "lr": 1.0e-3, "init": 0.3,

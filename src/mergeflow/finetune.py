@@ -1,4 +1,4 @@
-"""Fine-tune a CLIP image encoder on one task through its frozen zero-shot head (METHODS.md protocol)."""
+"""Fine-tune a CLIP image encoder on one task through its frozen zero-shot head (docs/methods.md protocol)."""
 
 from __future__ import annotations
 

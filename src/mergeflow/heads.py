@@ -18,7 +18,7 @@ def zero_shot_head(
     """[num_classes, embed_dim] float32 head.
 
     Each template filled with a class name is embedded and L2-normalised; the class embedding is their
-    mean, normalised again (METHODS.md, zero-shot heads).
+    mean, normalised again (docs/methods.md, zero-shot heads).
     """
     clip.eval()
     rows = []

@@ -1,4 +1,4 @@
-"""Settings of each test-time adaptive method, with the defaults of the official code (METHODS.md).
+"""Settings of each test-time adaptive method, with the defaults of the official code (docs/methods.md).
 
 Every dataclass is keyword-only and checks itself on construction (InputError naming the field).
 `settings_to_json` / `settings_from_json` let a learned-merge artefact record the settings that define it.

@@ -1,6 +1,6 @@
 """Where each published source keeps the fine-tuned encoder of a (model, task), in our task and model names.
 
-Our task names are those of METHODS.md (the TALL-masks 20-task suite); models are open_clip names. Facts and
+Our task names are those of docs/methods.md (the TALL-masks 20-task suite); models are open_clip names. Facts and
 where they were read (so that a renamed upstream file can be traced back):
 
 - TALL masks (`nik-dim/tall_masks` on the Hugging Face hub): `single_task/<model>/<Task>Val/nonlinear_finetuned.pt`.

@@ -1,4 +1,4 @@
-"""The merging engine: every method of METHODS.md, in memory or streamed from safetensors files.
+"""The merging engine: every method of docs/methods.md, in memory or streamed from safetensors files.
 
     merged = merge_state_dicts("cart", pretrained, finetuned, {"rank": 0.08, "lam": 1.0})
     merge_files("ties", "pre.safetensors", ["a.safetensors", "b.safetensors"], {"k": "0.2"}, "out.safetensors")

@@ -1,6 +1,6 @@
 """Spectrum analysis of centered and original task vectors: energy, reconstruction error, row-space interference.
 
-Notation (METHODS.md): for one weight matrix W (m × n, r = min(m, n)) and task t, τ_t is the task
+Notation (docs/methods.md): for one weight matrix W (m × n, r = min(m, n)) and task t, τ_t is the task
 vector (θ_t − θ_0, "original") or the centered one (τ̄_t = θ_t − θ_avg, "centered"), with singular values
 σ_{t,1} ≥ … ≥ σ_{t,r} and right singular vectors v_{t,1}, …, v_{t,r} ∈ ℝⁿ. SVD_k keeps the top k triplets.
 Everything here is computed exactly from the cached factors of the `decompose` rule:
