@@ -15,7 +15,7 @@ test images per task and step). The verbs log one line per evaluation pass and t
 peak device memory; this script reads them back. The accuracies mean nothing here.
 
     python benchmarks/gpu_sweep.py                                         # on a GPU: the full sizes
-    python benchmarks/gpu_sweep.py --scale 0.001 --bank 8 --tasks MNIST DTD --adapt-steps 2 --device cpu  # CPU trial
+    python benchmarks/gpu_sweep.py --scale 0.01 --bank 8 --tasks MNIST DTD --adapt-steps 2 --device cpu  # CPU trial
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def write_inputs(root: Path, model: str, tasks: list[str], scale: float, bank_si
     spec = spec_of(model)
     clip = build_clip(spec)
     save_model_dir(root / "model", spec, clip)
-    pretrained = clip.visual.state_dict()
+    pretrained = {key: value.detach().clone() for key, value in clip.visual.state_dict().items()}
+    visual = clip.visual.to(device).eval()  # labels the banks with θ_0's own predictions
     embed_dim = int(spec.open_clip_config["embed_dim"])
     generator = torch.Generator().manual_seed(1)
     paths: dict[str, list[str]] = {"finetuned": [], "heads": [], "data": []}
@@ -82,7 +83,7 @@ def write_inputs(root: Path, model: str, tasks: list[str], scale: float, bank_si
         paths["heads"].append(str(root / "heads" / f"{task}.safetensors"))
         save_head(paths["heads"][-1], head, torch.tensor(4.6052), task=task, model=model)
         bank = smooth_images(bank_size, spec.image_size, seed=10 + index)
-        bank_labels = predict(clip.visual.to(device), head.to(device), bank, spec, device, batch_size=256)
+        bank_labels = predict(visual, head.to(device), bank, spec, device, batch_size=256)
         directory = root / "data" / task
         for split, count in zip(("val", "test"), split_sizes(task, scale)):
             save_split(directory, split, np.resize(bank, (count, *bank.shape[1:])), np.resize(bank_labels, count))
