@@ -33,6 +33,8 @@ import yaml
 
 from mergeflow.adaptive.settings import SETTINGS_CLASSES
 from mergeflow.evaluate import EvalSettings
+from mergeflow.image_tasks.provenance import prepared_split_sizes
+from mergeflow.image_tasks.registry import TASKS_20
 from mergeflow.job_resources import grid_points
 from mergeflow.method_entries import base_method, is_adaptive
 
@@ -41,28 +43,9 @@ MEASURED = REPO / "benchmarks" / "results" / "h200-2026-12-04"
 IMAGE_BYTES = 224 * 224 * 3  # one stored uint8 image at the paper models' input size
 MEASURED_TASKS = 8  # adaptation_speed.py's default
 
-# (train, test) examples per task, as the configured sources serve them; see benchmarks/README.md for sources.
+# (val, test) images per task as the paper configs prepare them (mergeflow.image_tasks.provenance).
 SPLIT_SIZES: dict[str, tuple[int, int]] = {
-    "SUN397": (19850, 19850),
-    "Cars": (8144, 8041),
-    "RESISC45": (18900, 6300),
-    "EuroSAT": (21600, 2700),
-    "SVHN": (73257, 26032),
-    "GTSRB": (26640, 12630),
-    "MNIST": (60000, 10000),
-    "DTD": (3760, 1880),
-    "CIFAR100": (50000, 10000),
-    "STL10": (5000, 8000),
-    "Flowers102": (1020, 6149),
-    "OxfordIIITPet": (3680, 3669),
-    "PCAM": (262144, 32768),
-    "FER2013": (28709, 7178),
-    "EMNIST": (240000, 40000),
-    "CIFAR10": (50000, 10000),
-    "Food101": (75750, 25250),
-    "FashionMNIST": (60000, 10000),
-    "RenderedSST2": (6920, 1821),
-    "KMNIST": (60000, 10000),
+    task: (sizes["val"], sizes["test"]) for task in TASKS_20 for sizes in [prepared_split_sizes(task)]
 }
 
 # open_clip image towers: (width, layers, patch, image size, output dim)
@@ -103,7 +86,7 @@ def adaptation_steps(config: dict) -> dict[str, int]:
 
 def split_images(tasks: list[str]) -> tuple[list[int], list[int]]:
     """Images of each task's val split and of each test split."""
-    return [min(5000, int(0.1 * SPLIT_SIZES[t][0])) for t in tasks], [SPLIT_SIZES[t][1] for t in tasks]
+    return [SPLIT_SIZES[t][0] for t in tasks], [SPLIT_SIZES[t][1] for t in tasks]
 
 
 def streamed_images(val: list[int], test: list[int], resident_mb: float) -> tuple[int, int]:

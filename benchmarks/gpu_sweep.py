@@ -4,8 +4,8 @@ Synthetic inputs at the real sizes, in a scratch folder:
 - a model directory of `--model` (open_clip's architecture, random weights: timing does not depend on them);
 - one fine-tuned encoder per task, θ_t = θ_0 + N(0, 0.001²);
 - per task a random unit-norm head with the task's real class count;
-- per task val and test splits at the 8-task suite's sizes (`eval_cost.SPLIT_SIZES`; val = min(5000, 10% of
-  train)): a bank of `--bank` smooth random 224² uint8 images repeated, labelled with θ_0's predictions through
+- per task val and test splits at the 8-task suite's sizes (`eval_cost.SPLIT_SIZES`, as the paper configs
+  prepare them): a bank of `--bank` smooth random 224² uint8 images repeated, labelled with θ_0's predictions through
   that head (random labels can leave an accuracy at 0, which the normalisation rightly refuses).
 
 Then four jobs run as the pipeline runs them (`python -m mergeflow.cli <verb>`, device auto, evaluation
@@ -58,8 +58,8 @@ MEMORY_LINE = re.compile(r"peak device memory during adaptation ([\d.]+) GiB, ([
 
 
 def split_sizes(task: str, scale: float) -> tuple[int, int]:
-    train, test = SPLIT_SIZES[task]
-    return max(1, round(min(5000, int(0.1 * train)) * scale)), max(1, round(test * scale))
+    val, test = SPLIT_SIZES[task]
+    return max(1, round(val * scale)), max(1, round(test * scale))
 
 
 def write_inputs(root: Path, model: str, tasks: list[str], scale: float, bank_size: int, device: torch.device

@@ -87,7 +87,8 @@ def test_zero_steps_of_task_wise_adamerging_give_the_rows_of_task_arithmetic_at_
     evaluator = evaluator_of(directory, splits)
     rows, result = adapt_and_evaluate("adamerging", settings, evaluator, pretrained, finetuned, unlabeled_of(splits),
                                       reference, CPU, progress=False)  # fmt: skip
-    static = sweep_method("task_arithmetic", {"lam": 0.3}, pretrained, finetuned, evaluator, reference, progress=False)
+    static, _ = sweep_method("task_arithmetic", {"lam": 0.3}, pretrained, finetuned, evaluator, reference,
+                             progress=False)  # fmt: skip
     columns = ["split", "task", "accuracy", "normalized_accuracy"]
     pd.testing.assert_frame_equal(rows[columns].reset_index(drop=True), static[columns].reset_index(drop=True))
     assert rows["best"].all() and rows["best_at_sweep"].all() and set(rows["method"]) == {"adamerging"}

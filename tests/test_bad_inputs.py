@@ -50,7 +50,7 @@ def case_copy(good: Path, tmp_path: Path) -> Path:
 def eval_args(root: Path, verb: str, out: Path) -> list[str]:
     args = [verb, "--model-dir", str(root / "model"), "--tasks", TASK, "--heads", str(root / "head.safetensors"),
             "--data", str(root / "data"), "--finetuned", str(root / "ft0.safetensors"), "--out", str(out),
-            "--device", "cpu"]  # fmt: skip
+            "--correct", str(out.with_name(out.stem + ".correct.safetensors")), "--device", "cpu"]  # fmt: skip
     if verb == "merge-eval":
         args += ["--method", "task_arithmetic", "--grid", '{"lam": [0.3]}', "--reference", str(root / "reference.csv")]
     return args

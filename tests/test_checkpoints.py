@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import io
 import json
+import shutil
 import sys
 import threading
-import types
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,7 +30,8 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_cache import FIXTURE_COMMIT, write_hub_repo  # noqa: E402
 
-from mergeflow.checkpoints import fetch_finetuned, sha256_file, sidecar_path, transformers_to_open_clip  # noqa: E402
+from mergeflow.checkpoints import fetch_finetuned, sha256_file, sidecar_path, tables, transformers_to_open_clip  # noqa: E402
+from mergeflow.checkpoints.readers import read_tensors  # noqa: E402
 from mergeflow.checkpoints.record import write_encoder  # noqa: E402
 from mergeflow.io import InputError, load_state_dict  # noqa: E402
 from mergeflow.model import build_clip, tiny_clip_spec  # noqa: E402
@@ -207,7 +209,7 @@ def test_tall_masks_from_the_hub_cache(tmp_path: Path, theta_0: StateDict, theta
     )
 
     _assert_exactly(out, theta_t)
-    assert record["source"] == "tall_masks" and record["repo_id"] == TALL
+    assert record["source"] == "tall_masks" and record["repo_id"] == TALL and record["experts"] == "tall_masks"
     assert record["path_in_repo"] == TALL_DTD and record["revision"] == "main"
     assert record["commit"] == FIXTURE_COMMIT
     assert record["source_sha256"] == hashlib.sha256(served).hexdigest()
@@ -282,12 +284,17 @@ def test_cart_authors_default_layout_and_pattern_override(
 ) -> None:
     cache = tmp_path / "hub"
     served = _torch_bytes(_image_encoder_state(theta_t))
-    write_hub_repo(cache, "JH-C-k/ViT-B-32", {"SVHNVal/nonlinear_finetuned.pt": served, "alt/SVHN.pt": served})
+    # The authors' README downloads the repository into checkpoints/ and their configs read checkpoints/ViT-B-32/,
+    # so that folder wins over a root-level copy (here a file that would fail to load).
+    files = {"ViT-B-32/SVHNVal/nonlinear_finetuned.pt": served, "SVHNVal/nonlinear_finetuned.pt": b"not the one"}
+    write_hub_repo(cache, "JH-C-k/ViT-B-32", {**files, "alt/SVHN.pt": served})
     out = tmp_path / "SVHN.safetensors"
     record = fetch_finetuned(
         {"source": "cart_authors"}, model="ViT-B-32", task="SVHN", pretrained=theta_0, out=out, cache_dir=str(cache)
     )
-    assert record["repo_id"] == "JH-C-k/ViT-B-32" and record["path_in_repo"] == "SVHNVal/nonlinear_finetuned.pt"
+    assert record["repo_id"] == "JH-C-k/ViT-B-32"
+    assert record["path_in_repo"] == "ViT-B-32/SVHNVal/nonlinear_finetuned.pt"
+    assert record["experts"] == "task_vectors"  # the CART README's word for its 8 tasks
     _assert_exactly(out, theta_t)
 
     out2 = tmp_path / "SVHN-alt.safetensors"
@@ -300,6 +307,17 @@ def test_cart_authors_default_layout_and_pattern_override(
         cache_dir=str(cache),
     )
     assert record["path_in_repo"] == "alt/SVHN.pt"
+    write_hub_repo(cache, "JH-C-k/ViT-B-32", {"PCAMVal/nonlinear_finetuned.pt": served})
+    pcam = fetch_finetuned(
+        {"source": "cart_authors"},
+        model="ViT-B-32",
+        task="PCAM",
+        pretrained=theta_0,
+        out=tmp_path / "PCAM.safetensors",
+        cache_dir=str(cache),
+    )
+    assert pcam["path_in_repo"] == "PCAMVal/nonlinear_finetuned.pt"  # no ViT-B-32/ folder: the root is tried next
+    assert pcam["experts"] == "tall_masks"  # one of the 12 tasks the CART authors took from TALL masks
     _assert_exactly(out2, theta_t)
 
     with pytest.raises(InputError, match="model 'ViT-B-16' is not in the cart_authors table"):
@@ -487,31 +505,79 @@ def test_half_precision_source_is_stored_as_float32(tmp_path: Path, theta_0: Sta
     _assert_exactly(out, {k: v.half().float() for k, v in theta_t.items()})
 
 
-def _pickled_image_encoder(theta: dict[str, torch.Tensor], path: Path) -> None:
-    """Like the task_vectors release: torch.save of a whole ImageEncoder whose class is not importable later."""
-    module = types.ModuleType("vanished_task_vectors_modeling")
+# The task_vectors authors' module, written as a real package `src.modeling` (their import path, github.com/
+# mlfoundations/task_vectors @ 826a64c, src/modeling.py): an ImageEncoder holding the CLIP as `.model` and the
+# preprocessing transforms as attributes, the CLIP with a non-persistent buffer that state_dict() leaves out.
+AUTHORS_MODELING = """
+import torch
+from open_clip.transformer import QuickGELU, VisionTransformer
+from torchvision import transforms
 
-    class ImageEncoder(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = torch.nn.Module()
-            self.model.visual = VisionTransformer(**ARCH, act_layer=QuickGELU)
-            self.model.visual.load_state_dict(theta)
-            self.model.logit_scale = torch.nn.Parameter(torch.tensor(4.6))
 
-    ImageEncoder.__module__, ImageEncoder.__qualname__ = module.__name__, "ImageEncoder"
-    module.ImageEncoder = ImageEncoder  # type: ignore[attr-defined]
-    sys.modules[module.__name__] = module
+class CLIP(torch.nn.Module):
+    def __init__(self, arch, visual_state):
+        super().__init__()
+        self.visual = VisionTransformer(**arch, act_layer=QuickGELU)
+        self.visual.load_state_dict(visual_state)
+        self.logit_scale = torch.nn.Parameter(torch.tensor(4.6052))
+        self.register_buffer("attn_mask", torch.ones(4, 4), persistent=False)
+
+
+class ImageEncoder(torch.nn.Module):
+    def __init__(self, arch, visual_state):
+        super().__init__()
+        self.model = CLIP(arch, visual_state)
+        resize = transforms.Resize(arch["image_size"], interpolation=transforms.InterpolationMode.BICUBIC)
+        self.val_preprocess = transforms.Compose([resize, transforms.ToTensor()])
+        self.cache_dir = None
+"""
+
+
+def _forget_src_package() -> None:
+    """Drop any `src` from the import cache (a failed unpickling may have imported the repository's src/)."""
+    for name in [name for name in sys.modules if name == "src" or name.startswith("src.")]:
+        del sys.modules[name]
+
+
+def _save_authors_image_encoder(theta: dict[str, torch.Tensor], path: Path) -> None:
+    """torch.save of a whole `src.modeling.ImageEncoder`, whose package is gone again before anything loads it."""
+    package_root = path.parent / "authors_code"
+    (package_root / "src").mkdir(parents=True, exist_ok=True)
+    (package_root / "src" / "__init__.py").write_text("")
+    (package_root / "src" / "modeling.py").write_text(AUTHORS_MODELING)
+    sys.path.insert(0, str(package_root))
+    importlib.invalidate_caches()  # the finders cache directory listings; this package is new
+    _forget_src_package()
     try:
-        torch.save(ImageEncoder(), path)
+        from src.modeling import ImageEncoder  # type: ignore[import-not-found]
+
+        assert ImageEncoder.__module__ == "src.modeling"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(ImageEncoder(ARCH, theta), path)
     finally:
-        del sys.modules[module.__name__]
+        sys.path.remove(str(package_root))
+        _forget_src_package()
+        shutil.rmtree(package_root)
+
+
+def test_pickled_module_is_read_without_its_code(tmp_path: Path, theta_t: StateDict) -> None:
+    path = tmp_path / "Cars.pt"
+    _save_authors_image_encoder(theta_t, path)
+    assert "src.modeling" not in sys.modules
+    with pytest.raises(ModuleNotFoundError):
+        torch.load(path, weights_only=False)  # what plain unpickling would need: the authors' code
+    _forget_src_package()
+    tensors, how = read_tensors(path, allow_pickle=True, label=str(path))
+    assert how == "pickle"
+    assert set(tensors) == {f"model.visual.{key}" for key in theta_t} | {"model.logit_scale"}
+    for key, value in theta_t.items():
+        assert torch.equal(tensors[f"model.visual.{key}"], value), key
+    assert float(tensors["model.logit_scale"]) == pytest.approx(4.6052)
 
 
 def test_pickled_module_needs_allow_pickle(tmp_path: Path, theta_0: StateDict, theta_t: StateDict) -> None:
     models = tmp_path / "models"
-    models.mkdir()
-    _pickled_image_encoder(theta_t, models / "Cars.pt")
+    _save_authors_image_encoder(theta_t, models / "Cars.pt")
     block = {"source": "local", "directory": str(models), "pattern": "{task}.pt"}
     out = tmp_path / "out" / "Cars.safetensors"
     with pytest.raises(InputError, match=r"Cars\.pt.*allow_pickle: true.*finetuned\.allow_pickle"):
@@ -549,6 +615,109 @@ def test_crafted_pickle_runs_no_code_without_allow_pickle(tmp_path: Path, theta_
     assert not marker.exists()
     torch.load(models / "Cars.pt", weights_only=False)  # what allow_pickle would trust the file to do
     assert marker.exists()
+
+
+def test_restricted_unpickler_refuses_other_globals_even_with_allow_pickle(tmp_path: Path, theta_0: StateDict) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    marker = tmp_path / "code_ran"
+    torch.save({"state_dict": dict(theta_0), "payload": _RunsCodeWhenUnpickled(marker)}, models / "Cars.pt")
+    block = {"source": "local", "directory": str(models), "pattern": "{task}.pt", "allow_pickle": True}
+    out = tmp_path / "out" / "Cars.safetensors"
+    with pytest.raises(InputError, match=r"Cars\.pt: the pickle names __builtin__\.getattr, which"):
+        fetch_finetuned(block, model="ViT-B-32", task="Cars", pretrained=theta_0, out=out)
+    assert not marker.exists()
+    _assert_nothing_written(out)
+
+
+# --- task_vectors (original release, pickled whole modules) ----------------------------------------------------------
+
+
+def test_task_vectors_directory_as_downloaded(tmp_path: Path, theta_0: StateDict, theta_t: StateDict) -> None:
+    release = tmp_path / "task_vectors"
+    _save_authors_image_encoder(theta_t, release / "ViT-B-32" / "Cars" / "finetuned.pt")
+    _save_authors_image_encoder(theta_0, release / "ViT-B-32" / "zeroshot.pt")
+    block = {"source": "task_vectors", "directory": str(release), "allow_pickle": True}
+    out = tmp_path / "out" / "Cars.safetensors"
+    record = fetch_finetuned(block, model="ViT-B-32", task="Cars", pretrained=theta_0, out=out)
+    _assert_exactly(out, theta_t)
+    finetuned = release / "ViT-B-32" / "Cars" / "finetuned.pt"
+    assert record["source"] == "task_vectors" and record["experts"] == "task_vectors"
+    assert record["local_path"] == str(finetuned.resolve()) and record["source_sha256"] == sha256_file(finetuned)
+    assert record["origin"].startswith("https://drive.google.com/drive/folders/")
+    assert record["read_as"] == "pickle" and record["key_prefix"] == "model.visual."
+    assert record["zeroshot_sha256"] == sha256_file(release / "ViT-B-32" / "zeroshot.pt")
+    assert record["zeroshot_max_abs_difference"] == 0.0
+    assert json.loads(sidecar_path(out).read_text()) == record
+
+    # the fine-tuning script's own layout, `<Task>Val/`, with a zero-shot encoder that is not θ_0
+    shifted = {key: value + 0.5 for key, value in theta_0.items()}
+    _save_authors_image_encoder(theta_t, release / "ViT-B-32" / "DTDVal" / "finetuned.pt")
+    _save_authors_image_encoder(shifted, release / "ViT-B-32" / "DTDVal" / "zeroshot.pt")
+    (release / "ViT-B-32" / "zeroshot.pt").unlink()
+    out = tmp_path / "out" / "DTD.safetensors"
+    with pytest.warns(UserWarning, match="zero-shot encoder differs from θ_0 by up to 0.5"):
+        record = fetch_finetuned(block, model="ViT-B-32", task="DTD", pretrained=theta_0, out=out)
+    assert record["zeroshot_max_abs_difference"] == pytest.approx(0.5)
+    assert record["local_path"].endswith("ViT-B-32/DTDVal/finetuned.pt")
+
+
+def test_task_vectors_refusals(tmp_path: Path, theta_0: StateDict, theta_t: StateDict) -> None:
+    release = tmp_path / "task_vectors"
+    _save_authors_image_encoder(theta_t, release / "ViT-B-32" / "Cars" / "finetuned.pt")
+    out = tmp_path / "out" / "x.safetensors"
+    cases = [
+        ({"directory": str(release)}, "Cars", r"finetuned\.allow_pickle: source 'task_vectors' serves whole"),
+        ({"directory": str(release), "allow_pickle": True}, "CIFAR10", "task 'CIFAR10' is not in the task_vectors"),
+        ({"directory": str(release), "allow_pickle": True}, "DTD", r"finetuned\.directory: none of .*DTD/finetuned"),
+        ({"allow_pickle": True}, "Cars", r"finetuned\.directory: required by source 'task_vectors'"),
+    ]
+    for block, task, message in cases:
+        with pytest.raises(InputError, match=message):
+            fetch_finetuned(
+                {"source": "task_vectors", **block}, model="ViT-B-32", task=task, pretrained=theta_0, out=out
+            )
+        _assert_nothing_written(out)
+
+
+# --- hub revisions --------------------------------------------------------------------------------------------------
+
+
+def test_hub_sources_record_the_revision_asked_for_and_the_commit(
+    tmp_path: Path, theta_0: StateDict, theta_t: StateDict
+) -> None:
+    cache = tmp_path / "hub"
+    served = _torch_bytes(_image_encoder_state(theta_t))
+    pinned = "fedcba9876543210fedcba9876543210fedcba98"
+    write_hub_repo(cache, TALL, {TALL_DTD: served})  # main → FIXTURE_COMMIT
+    write_hub_repo(cache, TALL, {TALL_DTD: served}, revision="v2", commit=pinned)
+    cases = [({}, "main", FIXTURE_COMMIT), ({"revision": "v2"}, "v2", pinned), ({"revision": pinned}, pinned, pinned)]
+    for extra, revision, commit in cases:
+        out = tmp_path / revision / "DTD.safetensors"
+        record = fetch_finetuned(
+            {"source": "tall_masks", **extra}, model="ViT-B-32", task="DTD", pretrained=theta_0, out=out,
+            cache_dir=str(cache),
+        )  # fmt: skip
+        assert (record["revision"], record["commit"]) == (revision, commit)
+        assert json.loads(sidecar_path(out).read_text())["commit"] == commit
+
+
+def test_a_pinned_default_revision_is_asked_for(tmp_path: Path, theta_0: StateDict) -> None:
+    """FusionBench's ViT-B-16 DTD repository has a known commit: without `revision` that commit, not main."""
+    repo = "tanganke/clip-vit-base-patch16_dtd"
+    pinned = tables.PINNED_COMMITS[repo]
+    cache = tmp_path / "hub"
+    write_hub_repo(cache, repo, _fusionbench_files(_hf_model(seed=10), tmp_path), commit=FIXTURE_COMMIT)
+    out = tmp_path / "out" / "DTD.safetensors"
+    with pytest.raises(InputError, match=rf"{repo}@{pinned} has none of the expected files"):
+        fetch_finetuned({"source": "fusionbench"}, model="ViT-B-16", task="DTD", pretrained=theta_0, out=out,
+                        cache_dir=str(cache))  # fmt: skip
+    _assert_nothing_written(out)
+    write_hub_repo(cache, repo, _fusionbench_files(_hf_model(seed=10), tmp_path), commit=pinned)
+    record = fetch_finetuned(
+        {"source": "fusionbench"}, model="ViT-B-16", task="DTD", pretrained=theta_0, out=out, cache_dir=str(cache)
+    )
+    assert record["revision"] == record["commit"] == pinned and record["experts"] == "fusionbench"
 
 
 # --- URL ------------------------------------------------------------------------------------------------------------

@@ -134,6 +134,18 @@ BAD = {
         lambda c: c.update(finetuned={"source": "url", "urls": {}}),
         [f"finetuned.urls: no entry for task {task!r}" for task in DEFAULT["tasks"]],
     ),
+    "task_vectors without pickle or directory": (
+        lambda c: c.update(finetuned={"source": "task_vectors"}),
+        [
+            "finetuned.allow_pickle: must be true for source 'task_vectors' (pickled whole modules)",
+            "finetuned.directory: required by source 'task_vectors'",
+            "model.name: finetuned.source 'task_vectors' has no checkpoints for 'tiny-clip'",
+            *(
+                f"tasks: finetuned.source 'task_vectors' has no checkpoint for {task!r} (its release has the 8 tasks)"
+                for task in DEFAULT["tasks"]
+            ),
+        ],
+    ),
     "fine-tuned source key of another source": (
         lambda c: c.update(finetuned={"source": "local", "directory": "x", "repo_id": "y"}),
         ["finetuned: unknown key(s) ['repo_id'] for source 'local'"],

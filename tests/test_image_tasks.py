@@ -21,7 +21,7 @@ import pytest
 from hub_cache import write_hub_repo
 from PIL import Image
 
-from mergeflow.data import load_classes, load_split, train_val_indices
+from mergeflow.data import load_classes, load_split
 from mergeflow.image_tasks import (
     EMNIST_LETTERS,
     TASK_GROUPS,
@@ -34,6 +34,7 @@ from mergeflow.image_tasks import (
     task_source,
 )
 from mergeflow.image_tasks import hub as hub_module
+from mergeflow.image_tasks.val_split import experts_train_val_indices
 from mergeflow.io import InputError
 
 SIZE = 8
@@ -174,8 +175,10 @@ def test_known_source_facts() -> None:
     assert get_task("EMNIST", emnist_split="letters").classnames == tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
     assert get_task("FER2013").classnames == ("angry", "disgusted", "fearful", "happy", "sad", "surprised", "neutral")
     assert task_source("MNIST", "torchvision").dataset == "MNIST"
+    assert task_source("Cars", "torchvision").download is False  # torchvision's Stanford Cars download is dead
     with pytest.raises(InputError, match="no torchvision source"):
-        task_source("Cars", "torchvision")
+        task_source("DTD", "torchvision")
+    assert task_source("DTD", "folder").splits == {"train": "dtd/train", "test": "dtd/val"}
     with pytest.raises(InputError, match="emnist_split='byclass'"):
         get_task("EMNIST", emnist_split="byclass")
     with pytest.raises(InputError, match="unknown image task 'ImageNet'"):
@@ -264,7 +267,7 @@ def test_food101_end_to_end_from_the_hub_cache(tmp_path: Path) -> None:
     _food101_repo(tmp_path, train, labels, test)
     out = tmp_path / "Food101"
     counts = prepare_image_task("Food101", out, image_size=SIZE, cache_dir=tmp_path / "hub", progress=False)
-    train_idx, val_idx = train_val_indices(12, seed=0)
+    train_idx, val_idx = experts_train_val_indices(12, seed=0)
     assert counts == {"train": len(train_idx), "val": len(val_idx), "test": 3} == {"train": 11, "val": 1, "test": 3}
     assert _listing(out) == PREPARED
     expected = np.stack([_reference(data) for data in train])
@@ -279,7 +282,11 @@ def test_food101_end_to_end_from_the_hub_cache(tmp_path: Path) -> None:
     assert classes.classnames == get_task("Food101").classnames and classes.templates == (
         "a photo of {}, a type of food.",
     )
-    assert json.loads((out / "classnames.json").read_text())["task"] == "Food101"
+    record = json.loads((out / "classnames.json").read_text())
+    assert record["task"] == "Food101"
+    assert record["data"]["source"] == "huggingface" and record["data"]["revision"] == "main"
+    assert record["data"]["commit"] == "0123456789abcdef0123456789abcdef01234567"
+    assert record["data"]["counts"] == counts and record["data"]["val"] == "random_split, seed 0"
 
 
 def test_parallel_decoding_writes_the_same_arrays(tmp_path: Path) -> None:
@@ -320,7 +327,7 @@ def test_cifar100_uses_the_card_config_and_fine_label_column(tmp_path: Path) -> 
     )
     assert counts == {"train": 9, "val": 1, "test": 2}
     assert load_split(tmp_path / "out", "test")[1].tolist() == [4, 30]
-    train_idx, _ = train_val_indices(10)
+    train_idx, _ = experts_train_val_indices(10)
     assert load_split(tmp_path / "out", "train")[1].tolist() == [90 + i for i in train_idx]
 
 
@@ -348,7 +355,7 @@ def test_emnist_defaults_to_digits_and_letters_is_an_option(tmp_path: Path) -> N
     common = {"image_size": SIZE, "cache_dir": tmp_path / "hub", "progress": False}
     assert prepare_image_task("EMNIST", tmp_path / "digits", **common) == {"train": 10, "val": 1, "test": 2}
     assert len(load_classes(tmp_path / "digits").classnames) == 10
-    train_idx, val_idx = train_val_indices(11)
+    train_idx, val_idx = experts_train_val_indices(11)
     source = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5])
     assert load_split(tmp_path / "digits", "val")[1].tolist() == source[val_idx].tolist()
     assert load_split(tmp_path / "digits", "train")[1].tolist() == source[train_idx].tolist()
@@ -533,7 +540,7 @@ def test_torchvision_mnist_family_from_raw_files(tmp_path: Path, task: str) -> N
         task, out, image_size=SIZE, source="torchvision", root=tmp_path / "root", progress=False
     )
     assert counts == {"train": 10, "val": 1, "test": 2}
-    train_idx, val_idx = train_val_indices(11)
+    train_idx, val_idx = experts_train_val_indices(11)
     images, labels = load_split(out, "val")
     assert labels.tolist() == train_labels[val_idx].tolist()
     gray = Image.fromarray(train_images[val_idx[0]].astype(np.uint8), mode="L")

@@ -1,7 +1,8 @@
 """A paper config run end to end by the real Snakemake, offline, with every real source served from a hub cache.
 
-The hub cache holds open_clip's ViT-B-32 repository, `nik-dim/tall_masks` and two dataset repositories under
-their real ids, file names and formats; only the sizes are small: the served `open_clip_config.json`
+The hub cache holds open_clip's ViT-B-32 repository (at the pinned commit) and `nik-dim/tall_masks` under their
+real ids, file names and formats; the two datasets are torchvision's raw idx files in `data.root`, which the paper
+configs' `data.source: experts` reads for these tasks. Only the sizes are small: the served `open_clip_config.json`
 describes a small ViT (fetch_pretrained builds whatever the repository's config says, as open_clip does), and
 each dataset has a few dozen images. HF_HUB_OFFLINE=1 (tests/conftest.py) makes every download a cache read.
 """
@@ -10,9 +11,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -24,47 +25,31 @@ import pytest
 import torch
 import yaml
 from hub_cache import write_hub_repo
-from PIL import Image
 from safetensors.torch import save_file
+from torch.utils.data import random_split
 
+from mergeflow.checkpoints.tables import PINNED_COMMITS
 from mergeflow.io import load_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
-TASKS = ["MNIST", "EuroSAT"]
+TASKS = ["MNIST", "KMNIST"]
 MODEL_CFG = {
     "embed_dim": 16,
     "quick_gelu": True,
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 16, "head_width": 16},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
 }
-EUROSAT_NAMES = [
-    "annual crop land", "forest", "brushland or shrubland", "highway or road",
-    "industrial buildings or commercial buildings", "pasture land", "permanent crop land",
-    "residential buildings or homes or apartments", "river", "lake or sea",
-]  # fmt: skip
-# Served layout of each dataset repository: (repo id, files per split, ClassLabel names).
-DATASETS = {
-    "MNIST": ("ylecun/mnist", {"train": "mnist/train-00000-of-00001.parquet",
-                               "test": "mnist/test-00000-of-00001.parquet"}, [str(d) for d in range(10)]),
-    "EuroSAT": ("tanganke/eurosat", {"train": "data/train-00000-of-00001.parquet",
-                                     "test": "data/test-00000-of-00001.parquet"}, EUROSAT_NAMES),
-}  # fmt: skip
+# torchvision's raw file names of the MNIST family, per split (its `_load_data`).
+RAW_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}  # fmt: skip
 SIZES = {"train": 40, "test": 20}
 
 
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _dataset_parquet(path: Path, images: np.ndarray, labels: list[int], names: list[str]) -> Path:
-    import datasets
-
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
-    rows = {"image": [{"bytes": _png(image), "path": None} for image in images], "label": labels}
-    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(path))
-    return path
+def _idx(path: Path, array: np.ndarray) -> None:
+    """An uncompressed idx file as torchvision's MNIST family reads it (big-endian header, ubyte data)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">I", 0x0800 + array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
 def _labels_the_finetuned_model_predicts(
@@ -105,6 +90,7 @@ def _write_fixtures(root: Path) -> dict[str, object]:
             "open_clip_config.json": json.dumps(config).encode(),
             "open_clip_model.safetensors": root / "weights.safetensors",
         },
+        commit=PINNED_COMMITS["timm/vit_base_patch32_clip_224.openai"],
     )
     visual = {k: v for k, v in clip.state_dict().items() if k.startswith("visual.")}
     finetuned, checkpoints, labels = {}, {}, {}
@@ -120,22 +106,22 @@ def _write_fixtures(root: Path) -> dict[str, object]:
             k.removeprefix("model.visual."): v for k, v in state.items() if k.startswith("model.visual.")
         }
         write_hub_repo(hub, "nik-dim/tall_masks", {f"single_task/ViT-B-32/{task}Val/nonlinear_finetuned.pt": path})
-        repo_id, files, names = DATASETS[task]
-        served = {}
-        for split, path_in_repo in files.items():
-            images = rng.integers(0, 256, size=(SIZES[split], 32, 32, 3), dtype=np.uint8)
-            labels[task, split] = _labels_the_finetuned_model_predicts(clip, finetuned[task], task, images)
-            served[path_in_repo] = _dataset_parquet(
-                root / f"{task}-{split}.parquet", images, labels[task, split], names
-            )
-        write_hub_repo(hub, repo_id, served, repo_type="dataset")
-    return {"hub": hub, "finetuned": finetuned, "checkpoint_sha256": checkpoints, "labels": labels}
+        for split, (images_file, labels_file) in RAW_FILES.items():
+            grey = rng.integers(0, 256, size=(SIZES[split], 32, 32), dtype=np.uint8)
+            rgb = np.repeat(grey[..., None], 3, axis=-1)  # what prepare-data stores of a grey image
+            labels[task, split] = _labels_the_finetuned_model_predicts(clip, finetuned[task], task, rgb)
+            _idx(root / "data" / task / "raw" / images_file, grey)
+            _idx(root / "data" / task / "raw" / labels_file, np.array(labels[task, split]))
+    return {"hub": hub, "data_root": root / "data", "finetuned": finetuned, "checkpoint_sha256": checkpoints,
+            "labels": labels}  # fmt: skip
 
 
-def _config(hub: Path) -> dict:
+def _config(hub: Path, data_root: Path) -> dict:
     config = yaml.safe_load((REPO / "config" / "paper" / "vit-b-32-8.yaml").read_text())
+    assert config["data"]["source"] == "experts"
     config["tasks"] = TASKS
     config["hub"] = {"cache_dir": str(hub)}
+    config["data"]["root"] = str(data_root)
     config["model"]["image_size"] = 32
     config["evaluation"] = {"batch_size": 64}
     config["methods"] = {
@@ -159,7 +145,7 @@ def _snakemake(workdir: Path) -> subprocess.CompletedProcess[str]:
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
     workdir = tmp_path_factory.mktemp("paper")
     fixtures = _write_fixtures(workdir / "fixtures")
-    (workdir / "config.yaml").write_text(yaml.safe_dump(_config(fixtures["hub"])))
+    (workdir / "config.yaml").write_text(yaml.safe_dump(_config(fixtures["hub"], fixtures["data_root"])))
     finished = _snakemake(workdir)
     assert finished.returncode == 0, finished.stderr[-5000:]
     return workdir, fixtures
@@ -169,6 +155,7 @@ def test_pretrained_model_records_where_it_came_from(run) -> None:
     workdir, _ = run
     description = json.loads((workdir / "results/models/ViT-B-32/model.json").read_text())
     assert description["source"]["repo_id"] == "timm/vit_base_patch32_clip_224.openai"
+    assert description["source"]["commit"] == PINNED_COMMITS["timm/vit_base_patch32_clip_224.openai"]
     assert description["source"]["file"] == "open_clip_model.safetensors"
     assert description["open_clip_config"]["quick_gelu"] is True
     assert description["image_mean"] == [0.5] * 3
@@ -185,21 +172,24 @@ def test_finetuned_encoders_equal_the_tall_masks_checkpoints(run) -> None:
         assert record["source"] == "tall_masks" and record["repo_id"] == "nik-dim/tall_masks"
         assert record["path_in_repo"] == f"single_task/ViT-B-32/{task}Val/nonlinear_finetuned.pt"
         assert record["source_sha256"] == fixtures["checkpoint_sha256"][task]
+        assert record["experts"] == "tall_masks"
 
 
-def test_prepared_data_keep_the_source_labels_and_split_val_off_train(run) -> None:
+def test_prepared_data_hold_out_the_experts_val_and_write_no_train(run) -> None:
+    """No job fine-tunes (tall_masks), so no train split; val is random_split's, over torchvision's order."""
     workdir, fixtures = run
     for task in TASKS:
         directory = workdir / "results/data" / task
-        train = np.load(directory / "train_labels.npy")
-        val = np.load(directory / "val_labels.npy")
-        test = np.load(directory / "test_labels.npy")
-        assert (len(train), len(val)) == (36, 4)
-        assert sorted(train.tolist() + val.tolist()) == sorted(fixtures["labels"][task, "train"])
-        assert test.tolist() == fixtures["labels"][task, "test"]
+        assert not (directory / "train_images.npy").exists() and not (directory / "train_labels.npy").exists()
+        _, held_out = random_split(range(40), [36, 4], generator=torch.Generator().manual_seed(0))
+        train_labels = fixtures["labels"][task, "train"]
+        assert np.load(directory / "val_labels.npy").tolist() == [train_labels[i] for i in sorted(held_out.indices)]
+        assert np.load(directory / "test_labels.npy").tolist() == fixtures["labels"][task, "test"]
         assert np.load(directory / "test_images.npy", mmap_mode="r").shape == (20, 32, 32, 3)
-    eurosat = json.loads((workdir / "results/data/EuroSAT/classnames.json").read_text())
-    assert eurosat["classnames"] == EUROSAT_NAMES
+        record = json.loads((directory / "classnames.json").read_text())["data"]
+        assert record["source"] == "torchvision" and record["counts"] == {"val": 4, "test": 20}
+    provenance = pd.read_csv(workdir / "results/paper8/ViT-B-32/tables/tasks.csv")
+    assert provenance["val_exact"].tolist() == [True, True]
 
 
 def test_each_finetuned_model_scores_100_percent_on_its_own_task(run) -> None:
@@ -214,6 +204,7 @@ def test_table_reports_both_cart_rows_and_cart_bounds_equal_weight_averaging(run
     suite = workdir / "results/paper8/ViT-B-32"
     table = pd.read_csv(suite / "tables/main.csv")
     assert {"weight averaging", "CART", "CART (released)"} <= set(table["method"])
+    assert table["average_ci_low"].notna().all() and (table["average_ci_low"] <= table["average"]).all()
     cart = pd.read_csv(suite / "eval/cart.csv")
     averaging = pd.read_csv(suite / "eval/weight_averaging.csv")
     for split in ("val", "test"):

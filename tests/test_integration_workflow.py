@@ -108,7 +108,9 @@ def test_every_artefact_exists(finished_run: Path) -> None:
             for split in ("train", "val", "test")
             for kind in ("images", "labels")
         ]
-    expected += [suite(finished_run) / "eval" / f"{m}.csv" for m in REDUCED_CONFIG["methods"]]
+    expected += [suite(finished_run) / "eval" / f"{m}.{kind}" for m in REDUCED_CONFIG["methods"]
+                 for kind in ("csv", "correct.safetensors")]  # fmt: skip
+    expected += [suite(finished_run) / "eval" / "reference.correct.safetensors"]
     expected += [results / "svd/mini-clip/mini3" / f"{kind}.safetensors" for kind in ("centered", "original")]
     expected += [suite(finished_run) / "tables" / name for name in ("main.csv", "main.md", "main.tex", "spectrum.csv")]
     figures = ("rank_sweep", "per_task", "cart_lambda_rank", "spectrum_energy", "spectrum_error_interference",
@@ -154,6 +156,24 @@ def test_table_rows_match_the_evaluations(finished_run: Path) -> None:
     for task in TASKS:
         assert absolute.loc["CART", task] == pytest.approx(100 * best[task])
     assert absolute.loc["CART", "average"] == pytest.approx(100 * best.mean())
+    # Every number has its bootstrap interval, from the per-image correctness the evaluation jobs stored.
+    from mergeflow.report.correctness import load_correctness
+
+    correct = load_correctness(suite(finished_run) / "eval" / "cart.correct.safetensors")["cart"]
+    assert {task: correct[task].mean() for task in TASKS} == pytest.approx(best[TASKS].to_dict(), abs=1e-12)
+    for column in [*TASKS, "average"]:
+        low, high = table[f"{column}_ci_low"], table[f"{column}_ci_high"]
+        assert low.notna().all() and (low <= table[column]).all() and (table[column] <= high).all(), column
+    assert absolute.loc["CART", ["cart_difference", "cart_difference_ci_low", "cart_difference_ci_high"]].eq(0).all()
+    others = absolute.drop(index="CART")
+    assert (others["cart_difference"] == others["average"] - absolute.loc["CART", "average"]).all()
+    low, high = others["cart_difference_ci_low"], others["cart_difference_ci_high"]
+    assert (low <= others["cart_difference"]).all() and (others["cart_difference"] <= high).all()
+    assert low["zero-shot"] < high["zero-shot"]
+    markdown = (suite(finished_run) / "tables" / "main.md").read_text()
+    cart_line = next(line for line in markdown.splitlines() if line.startswith("| CART |"))
+    low, high = absolute.loc["CART", ["average_ci_low", "average_ci_high"]]
+    assert f"| {absolute.loc['CART', 'average']:.1f} [{low:.1f}, {high:.1f}] | +0.0 [+0.0, +0.0] |" in cart_line
 
 
 def _lease_span(log: Path) -> tuple[str, datetime, datetime]:

@@ -1,8 +1,28 @@
-"""Scheduler requests grow with what a job holds and computes."""
+"""Scheduler requests grow with what a job holds and computes, and no job asks for more than the limit."""
 
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import pytest
+import torch
+import torch.nn.functional as F
 
-from mergeflow.job_resources import MIN_RUNTIME_MINUTES, grid_points, job_resources
+from mergeflow.cli import main
+from mergeflow.evaluate import EvalSettings
+from mergeflow.io import InputError, load_state_dict
+from mergeflow.job_resources import (
+    MAX_RUNTIME_MINUTES,
+    MIN_RUNTIME_MINUTES,
+    MODEL_SCALES,
+    grid_points,
+    job_resources,
+    sweep_parts,
+)
+from mergeflow.merge_eval import SweepEvaluator, TaskSplits, combine_sweep_parts, read_sweep_table, sweep_method
+from mergeflow.model import build_clip, load_image_encoder, load_spec, save_model_dir, tiny_clip_spec
+from mergeflow.report.correctness import load_correctness, save_correctness
 
 RULES = ["pretrain", "fetch_pretrained", "build_head", "prepare_data", "fetch_finetuned", "finetune",
          "evaluate_reference", "decompose", "merge_eval", "aggregate", "lambda_rank", "spectrum",
@@ -52,3 +72,171 @@ def test_adaptation_requests_cover_the_step_times_measured_on_a_gpu():
         assert request["runtime"] * 60 >= 1.5 * steps * row["seconds_per_step"], row
     # the paper's largest adaptation (ViT-L/14, 20 tasks, adarank) stays within a day
     assert job_resources("adapt_eval", "ViT-L-14", 20, {"steps": 10000, "batch_size": 16})["runtime"] < 24 * 60
+
+
+def test_model_sizes_are_open_clips_float32_architectures():
+    import open_clip
+
+    for model, scale in MODEL_SCALES.items():
+        with torch.device("meta"):
+            clip = open_clip.model.CLIP(**open_clip.get_model_config(model))
+        state = clip.state_dict()
+        encoder_bytes = 4 * sum(value.numel() for key, value in state.items() if key.startswith("visual."))
+        clip_bytes = 4 * sum(value.numel() for value in state.values())
+        assert (scale.encoder_mb, scale.clip_mb) == (-(-encoder_bytes // 10**6), -(-clip_bytes // 10**6)), model
+
+
+# Peak RSS in MB of the fetch verbs on float32 checkpoints in each source's served layout (job_resources' comment):
+# (model, fetch-finetuned on a whole CLIP file, fetch-pretrained).
+MEASURED_FETCH_PEAKS = [("ViT-B-32", 2596, 2692), ("ViT-L-14", 7163, 6633)]
+
+
+@pytest.mark.parametrize(("model", "finetuned_peak", "pretrained_peak"), MEASURED_FETCH_PEAKS)
+def test_fetch_requests_leave_a_third_above_the_measured_peaks(model, finetuned_peak, pretrained_peak):
+    assert job_resources("fetch_finetuned", model, 20)["mem_mb"] >= 1.33 * finetuned_peak
+    assert job_resources("fetch_pretrained", model, 20)["mem_mb"] >= 1.33 * pretrained_peak
+    # a fetch is a download and a conversion: it asks for the same time whatever the model
+    assert (
+        job_resources("fetch_finetuned", model, 20)["runtime"]
+        == job_resources("fetch_finetuned", "ViT-B-32", 8)["runtime"]
+    )
+
+
+PAPER_RANKS = [0.0, 0.02, 0.04, 0.08, 0.12, 0.16, 0.32, 0.64, 1.0]
+PAPER_CART = {"rank": PAPER_RANKS, "lam": [0.5, 1.0, 1.5, 1.9, 2.0, 2.5, 3.0]}
+
+
+def test_a_sweep_within_the_limit_is_one_job_of_the_whole_grid():
+    assert sweep_parts(PAPER_CART, "ViT-B-32", 20) == [PAPER_CART]
+    assert sweep_parts(PAPER_CART, "ViT-L-14", 8) == [PAPER_CART]
+
+
+@pytest.mark.parametrize(("num_tasks", "sizes"), [(14, [5, 4]), (20, [3, 3, 3])])
+def test_a_long_sweep_is_cut_by_rank_into_the_fewest_jobs_within_the_limit(num_tasks, sizes):
+    whole = job_resources("merge_eval", "ViT-L-14", num_tasks, PAPER_CART)["runtime"]
+    assert whole > MAX_RUNTIME_MINUTES
+    parts = sweep_parts(PAPER_CART, "ViT-L-14", num_tasks)
+    assert [len(part["rank"]) for part in parts] == sizes
+    assert [rank for part in parts for rank in part["rank"]] == PAPER_RANKS
+    assert all(part["lam"] == PAPER_CART["lam"] for part in parts)
+    assert all(
+        job_resources("merge_eval", "ViT-L-14", num_tasks, part)["runtime"] <= MAX_RUNTIME_MINUTES for part in parts
+    )
+    fewer = {**PAPER_CART, "rank": PAPER_RANKS[: -(-len(PAPER_RANKS) // (len(sizes) - 1))]}
+    assert job_resources("merge_eval", "ViT-L-14", num_tasks, fewer)["runtime"] > MAX_RUNTIME_MINUTES
+
+
+def test_a_sweep_that_cannot_be_cut_by_rank_is_refused():
+    with pytest.raises(ValueError, match="only a grid with a list of rank values can be split"):
+        sweep_parts({"lam": [0.1] * 40}, "ViT-L-14", 20)
+    with pytest.raises(ValueError, match=r"over the limit of 100 min, and even one rank per job needs \d+ min"):
+        sweep_parts(PAPER_CART, "ViT-L-14", 20, max_minutes=100)
+
+
+ARCH = {
+    "image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "heads": 2, "embed_dim": 16,
+    "context_length": 12, "text_width": 32, "text_layers": 1, "text_heads": 2,
+}  # fmt: skip
+TASKS = ("a", "b", "c")
+# Ranks as on the paper grid's ends; lams on which the toy tasks' val accuracies differ.
+TOY_GRID = {"rank": [0.0, 0.25, 0.5, 0.75, 1.0], "lam": [0.5, 1.0, 3.0]}
+
+
+@pytest.fixture(scope="module")
+def toy_sweep(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny CLIP, three random tasks and their encoders: what sweep_method needs, evaluated for real."""
+    torch.manual_seed(0)
+    directory: Path = tmp_path_factory.mktemp("model")
+    spec = tiny_clip_spec("toy", ARCH)
+    save_model_dir(directory, spec, build_clip(spec))
+    pretrained = load_state_dict(directory / "pretrained.safetensors")
+    generator = torch.Generator().manual_seed(1)
+    finetuned = [{k: v + 0.2 * torch.randn(v.shape, generator=generator) for k, v in pretrained.items()} for _ in TASKS]
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        return rng.integers(0, 256, size=(n, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, size=n)
+
+    splits = [
+        TaskSplits(
+            name, F.normalize(torch.randn(3, ARCH["embed_dim"], generator=generator), dim=-1), split(60), split(40)
+        )
+        for name in TASKS
+    ]
+    evaluator = SweepEvaluator(load_image_encoder(directory), load_spec(directory), splits, torch.device("cpu"),
+                               EvalSettings(batch_size=32))  # fmt: skip
+    reference = {"val": {"a": 0.4, "b": 0.5, "c": 0.0}, "test": {"a": 0.5, "b": 0.4, "c": 0.3}}
+
+    def sweep(grid):
+        return sweep_method("cart", grid, pretrained, finetuned, evaluator, reference, progress=False)
+
+    return sweep
+
+
+def _csv(table: pd.DataFrame) -> str:
+    buffer = io.StringIO()
+    table.to_csv(buffer, index=False)
+    return buffer.getvalue()
+
+
+def _written_parts(toy_sweep, parts: list[dict], directory: Path) -> list[tuple[Path, Path]]:
+    """Each part's table and per-image correctness, written as merge-eval writes them."""
+    paths = []
+    for index, part in enumerate(parts, start=1):
+        rows, correct = toy_sweep(part)
+        paths.append((directory / f"{index}.csv", directory / f"{index}.correct.safetensors"))
+        paths[-1][0].write_text(_csv(rows))
+        save_correctness(paths[-1][1], correct)
+    return paths
+
+
+def test_a_sweep_split_by_rank_combines_into_the_single_jobs_table(toy_sweep, tmp_path):
+    whole, whole_correct = toy_sweep(TOY_GRID)
+    # the parts this grid would be cut into as a ViT-L/14 × 20 job under a limit of 700 minutes
+    parts = sweep_parts(TOY_GRID, "ViT-L-14", 20, max_minutes=700)
+    assert [part["rank"] for part in parts] == [[0.0, 0.25, 0.5], [0.75, 1.0]]
+    written = _written_parts(toy_sweep, parts, tmp_path)
+    tables = [read_sweep_table(str(table)) for table, _ in written]
+    combined, holder = combine_sweep_parts("cart", TOY_GRID, tables)
+    assert _csv(combined) == _csv(whole)
+    # the parts' own selections differ from the whole grid's in at least one part: selection was redone
+    best = whole.loc[whole["best"], "setting"].iloc[0]
+    assert [table.loc[table["best"], "setting"].iloc[0] == best for table in tables].count(True) == 1
+    assert tables[holder].loc[tables[holder]["best"], "setting"].iloc[0] == best
+    held = load_correctness(written[holder][1])
+    assert all(np.array_equal(held["cart"][task], whole_correct["cart"][task]) for task in TASKS)
+    # the empty fields of a NaN (task c's individual val accuracy is 0) survive the round trip
+    assert combined["normalized_accuracy"].isna().sum() == whole["normalized_accuracy"].isna().sum() > 0
+
+
+def test_parts_cut_inside_a_rank_or_missing_settings_are_refused(toy_sweep, tmp_path):
+    by_lam = [{**TOY_GRID, "lam": TOY_GRID["lam"][:1]}, {**TOY_GRID, "lam": TOY_GRID["lam"][1:]}]
+    tables = [read_sweep_table(str(table)) for table, _ in _written_parts(toy_sweep, by_lam, tmp_path)]
+    with pytest.raises(InputError, match="val-best settings are .*cut inside a rank"):
+        combine_sweep_parts("cart", TOY_GRID, tables)
+    with pytest.raises(InputError, match=r"do not cover the grid once \(missing \['\{"):
+        combine_sweep_parts("cart", TOY_GRID, tables[:1])
+    with pytest.raises(InputError, match="rows are labelled"):
+        combine_sweep_parts("lowrank_ta", TOY_GRID, tables)
+
+
+def test_the_combine_sweep_verb_writes_the_single_jobs_bytes(toy_sweep, tmp_path):
+    import json
+
+    rows, correct = toy_sweep(TOY_GRID)
+    whole, whole_correct = tmp_path / "whole.csv", tmp_path / "whole.correct.safetensors"
+    whole.write_text(_csv(rows))
+    save_correctness(whole_correct, correct)
+    parts = [{**TOY_GRID, "rank": TOY_GRID["rank"][:3]}, {**TOY_GRID, "rank": TOY_GRID["rank"][3:]}]
+    tables, corrects = zip(*_written_parts(toy_sweep, parts, tmp_path))
+    out, out_correct = tmp_path / "cart.csv", tmp_path / "cart.correct.safetensors"
+    args = ["combine-sweep", "--method", "cart", "--grid", json.dumps(TOY_GRID), "--parts", *map(str, tables)]
+    assert main([*args, "--parts-correct", *map(str, corrects), "--out", str(out), "--correct", str(out_correct)]) == 0
+    assert out.read_bytes() == whole.read_bytes()
+    assert out_correct.read_bytes() == whole_correct.read_bytes()
+    # a missing part's table: refused by name, nothing written
+    missing = tmp_path / "missing"
+    args[-1] = str(tmp_path / "3.csv")
+    outputs = ["--out", str(missing / "cart.csv"), "--correct", str(missing / "cart.correct.safetensors")]
+    assert main([*args, "--parts-correct", *map(str, corrects), *outputs]) == 2
+    assert not missing.exists() or not any(missing.iterdir())

@@ -1,5 +1,6 @@
 """The val-grid / test-at-selection protocol of merge_eval on a tiny CLIP with real evaluation."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,14 @@ import torch.nn.functional as F
 
 from mergeflow import merging
 from mergeflow.evaluate import EvalSettings
-from mergeflow.io import load_state_dict
-from mergeflow.merge_eval import SweepEvaluator, TaskSplits, reference_accuracies, sweep_method
+from mergeflow.io import InputError, load_state_dict
+from mergeflow.merge_eval import (
+    SweepEvaluator,
+    TaskSplits,
+    combine_sweep_parts,
+    reference_accuracies,
+    sweep_method,
+)
 from mergeflow.model import build_clip, load_image_encoder, load_spec, save_model_dir, tiny_clip_spec
 
 ARCH = {
@@ -50,7 +57,7 @@ GRID = {"rank": [0.0, 0.5, 1.0], "lam": [1.0, 2.0]}
 
 def test_grid_rows_selection_flags_and_normalisation(setup) -> None:
     pretrained, finetuned, evaluate, reference = setup
-    rows = sweep_method("cart", GRID, pretrained, finetuned, evaluate, reference, progress=False)
+    rows, _ = sweep_method("cart", GRID, pretrained, finetuned, evaluate, reference, progress=False)
     val = rows[rows["split"] == "val"]
     assert len(val) == 6 * len(TASKS) and val["setting"].nunique() == 6
     assert np.allclose(rows["normalized_accuracy"], rows["accuracy"] / 0.5)
@@ -63,10 +70,45 @@ def test_grid_rows_selection_flags_and_normalisation(setup) -> None:
     assert test.groupby("rank")["setting"].nunique().eq(1).all()
 
 
+def test_the_test_correctness_returned_is_that_of_the_val_selected_setting(setup) -> None:
+    pretrained, finetuned, evaluate, reference = setup
+    rows, correct = sweep_method("cart", GRID, pretrained, finetuned, evaluate, reference, progress=False)
+    best = rows[rows["best"] & (rows["split"] == "test")].set_index("task")
+    setting = json.loads(best["setting"].iloc[0])
+    evaluate.load_direction(merging.merge_direction("cart", pretrained, finetuned, setting), setting["lam"])
+    again = evaluate.correct("test")
+    assert list(correct) == ["cart"] and list(correct["cart"]) == list(TASKS)
+    for task, vector in correct["cart"].items():
+        assert vector.dtype == np.bool_ and vector.shape == (30,)
+        np.testing.assert_array_equal(vector, again[task])
+        assert vector.sum() / 30 == best.loc[task, "accuracy"]
+    # Another setting is tested too (best at its rank); its correctness differs, so the choice matters.
+    others = rows[~rows["best"] & (rows["split"] == "test")]
+    assert any(
+        group.set_index("task")["accuracy"].to_dict() != best["accuracy"].to_dict()
+        for _, group in others.groupby("setting")
+    )
+
+
+def test_a_split_sweep_keeps_the_correctness_of_the_part_that_holds_the_grids_selection(setup) -> None:
+    """combine_sweep copies the holder part's correctness file: it must be the whole sweep's."""
+    pretrained, finetuned, evaluate, reference = setup
+    whole, expected = sweep_method("cart", GRID, pretrained, finetuned, evaluate, reference, progress=False)
+    parts = [
+        sweep_method("cart", dict(GRID, rank=ranks), pretrained, finetuned, evaluate, reference, progress=False)
+        for ranks in ([0.0, 0.5], [1.0])
+    ]
+    rows, holder = combine_sweep_parts("cart", GRID, [table for table, _ in parts])
+    selected = rows.loc[rows["best"] & (rows["split"] == "test"), "setting"].unique().tolist()
+    assert selected == whole.loc[whole["best"] & (whole["split"] == "test"), "setting"].unique().tolist()
+    for task in TASKS:
+        np.testing.assert_array_equal(parts[holder][1]["cart"][task], expected["cart"][task])
+
+
 def test_rank_zero_and_full_equal_weight_averaging(setup) -> None:
     pretrained, finetuned, evaluate, reference = setup
-    rows = sweep_method("cart", GRID, pretrained, finetuned, evaluate, reference, progress=False)
-    averaging = sweep_method("weight_averaging", {}, pretrained, finetuned, evaluate, reference, progress=False)
+    rows, _ = sweep_method("cart", GRID, pretrained, finetuned, evaluate, reference, progress=False)
+    averaging, _ = sweep_method("weight_averaging", {}, pretrained, finetuned, evaluate, reference, progress=False)
     for split in ("val", "test"):
         expected = averaging[averaging["split"] == split].set_index("task")["accuracy"]
         for rank in (0.0, 1.0):
@@ -76,17 +118,17 @@ def test_rank_zero_and_full_equal_weight_averaging(setup) -> None:
 
 def test_cached_factors_give_identical_rows(setup) -> None:
     pretrained, finetuned, evaluate, reference = setup
-    computed = sweep_method("cart", GRID, pretrained, finetuned, evaluate, reference, progress=False)
+    computed, _ = sweep_method("cart", GRID, pretrained, finetuned, evaluate, reference, progress=False)
     factors = merging.compute_task_factors(pretrained, finetuned, centered=True)
-    cached = sweep_method("cart", GRID, pretrained, finetuned, evaluate, reference, factors=factors, progress=False)
+    cached, _ = sweep_method("cart", GRID, pretrained, finetuned, evaluate, reference, factors=factors, progress=False)
     pd.testing.assert_frame_equal(computed, cached)
 
 
 def test_a_variant_entry_runs_its_method_under_its_own_label(setup) -> None:
     pretrained, finetuned, evaluate, reference = setup
-    released = sweep_method("cart@released", {"rank": 0.5, "lam": 2.0}, pretrained, finetuned, evaluate, reference,
-                            progress=False)  # fmt: skip
-    grid = sweep_method("cart", GRID, pretrained, finetuned, evaluate, reference, progress=False)
+    released, _ = sweep_method("cart@released", {"rank": 0.5, "lam": 2.0}, pretrained, finetuned, evaluate,
+                               reference, progress=False)  # fmt: skip
+    grid, _ = sweep_method("cart", GRID, pretrained, finetuned, evaluate, reference, progress=False)
     assert set(released["method"]) == {"cart@released"}
     same_setting = grid[(grid["rank"] == 0.5) & (grid["lam"] == 2.0) & (grid["split"] == "val")]
     assert released[released["split"] == "val"]["accuracy"].tolist() == same_setting["accuracy"].tolist()
@@ -128,7 +170,7 @@ def _host_split(evaluator: SweepEvaluator, split: str, name: str) -> tuple[np.nd
 
 def test_reference_rows_are_zero_shot_everywhere_and_individual_on_own_task(setup) -> None:
     pretrained, finetuned, evaluate, _ = setup
-    table = reference_accuracies(evaluate, pretrained, finetuned)
+    table, correct = reference_accuracies(evaluate, pretrained, finetuned)
     assert list(table["split"]) == ["val"] * 3 + ["test"] * 3 and list(table["task"]) == list(TASKS) * 2
     evaluate.load_state_dict(pretrained, "θ_0")
     for split in ("val", "test"):
@@ -138,10 +180,20 @@ def test_reference_rows_are_zero_shot_everywhere_and_individual_on_own_task(setu
             evaluate.load_state_dict(weights, name)
             assert rows.loc[name, "individual"] == evaluate.accuracies(split, [name])[name]
         evaluate.load_state_dict(pretrained, "θ_0")
+    # The test rows' per-image correctness, for the tables' bootstrap: one vector per task and reference model.
+    assert sorted(correct) == ["individual", "zero-shot"]
+    test = table[table["split"] == "test"].set_index("task")
+    zeroshot = evaluate.correct("test")
+    for index, name in enumerate(TASKS):
+        np.testing.assert_array_equal(correct["zero-shot"][name], zeroshot[name])
+        evaluate.load_state_dict(finetuned[index], name)
+        np.testing.assert_array_equal(correct["individual"][name], evaluate.correct("test", [name])[name])
+        evaluate.load_state_dict(pretrained, "θ_0")
+        for row, column in (("zero-shot", "zeroshot"), ("individual", "individual")):
+            assert correct[row][name].mean() == test.loc[name, column]
 
 
 def test_a_state_dict_of_another_architecture_is_refused_by_name(setup) -> None:
-    from mergeflow.io import InputError
 
     pretrained, _, evaluate, _ = setup
     wrong = dict(pretrained, proj=torch.zeros(3, 3))
@@ -152,11 +204,11 @@ def test_a_state_dict_of_another_architecture_is_refused_by_name(setup) -> None:
 def test_a_direction_without_delta_is_evaluated_once_per_split(setup, monkeypatch) -> None:
     pretrained, finetuned, evaluate, reference = setup
     calls = []
-    original = SweepEvaluator.accuracies
-    monkeypatch.setattr(SweepEvaluator, "accuracies", lambda self, split, tasks=None: calls.append(split) or
+    original = SweepEvaluator.correct
+    monkeypatch.setattr(SweepEvaluator, "correct", lambda self, split, tasks=None: calls.append(split) or
                         original(self, split, tasks))  # fmt: skip
     grid = {"rank": [0.0, 0.5], "lam": [1.0, 2.0, 3.0]}
-    rows = sweep_method("cart", grid, pretrained, finetuned, evaluate, reference, progress=False)
+    rows, _ = sweep_method("cart", grid, pretrained, finetuned, evaluate, reference, progress=False)
     # rank 0 is θ_avg at every lam: one val pass instead of three; rank 0.5 needs all three
     assert calls.count("val") == 1 + 3 and calls.count("test") == 2
     at_rank_zero = rows[(rows["rank"] == 0.0) & (rows["split"] == "val")]

@@ -178,3 +178,32 @@ def test_clip_loss_treats_same_caption_ids_as_positives() -> None:
     # Lower bound with soft targets: the targets' entropy, ln 2 for the two shared rows and columns.
     expected = 2 * np.log(2.0) / 3
     assert float(clip_loss(merged, merged, scale, shared_ids)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_build_head_with_the_experts_class_texts(model_dir: Path, tmp_path: Path) -> None:
+    """FER2013's experts' head embeds `they look ['happy', 'smiling'].`, not `they look happy.`."""
+    from mergeflow.cli import main
+    from mergeflow.data import TaskClasses, save_classes
+    from mergeflow.image_tasks.registry import TASKS
+
+    fer = TASKS["FER2013"]
+    save_classes(tmp_path / "FER2013", "FER2013", TaskClasses(fer.classnames, fer.templates))
+    heads = {}
+    for texts in ("data", "experts"):
+        out = tmp_path / f"{texts}.safetensors"
+        args = ["build-head", "--model-dir", str(model_dir), "--data-dir", str(tmp_path / "FER2013"), "--out", str(out)]
+        assert main([*args, "--class-texts", texts, "--device", "cpu"]) == 0
+        heads[texts] = load_head(str(out))[0]
+    spec, clip = load_clip(model_dir)
+    synonyms = [["angry"], ["disgusted"], ["fearful"], ["happy", "smiling"], ["sad", "depressed"],
+                ["surprised", "shocked", "spooked"], ["neutral", "bored"]]  # fmt: skip
+    expected = zero_shot_head(
+        clip, build_tokenizer(spec), [str(s) for s in synonyms], fer.templates, torch.device("cpu")
+    )
+    torch.testing.assert_close(heads["experts"], expected)
+    assert not torch.allclose(heads["data"][3], heads["experts"][3])
+    readable = zero_shot_head(clip, build_tokenizer(spec), fer.classnames, fer.templates, torch.device("cpu"))
+    torch.testing.assert_close(heads["data"], readable)
+    save_classes(tmp_path / "shapes", "shapes", TaskClasses(("circle", "square"), ("a {}.",)))
+    args = ["build-head", "--model-dir", str(model_dir), "--data-dir", str(tmp_path / "shapes"), "--out", str(out)]
+    assert main([*args, "--class-texts", "experts"]) == 2

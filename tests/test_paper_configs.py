@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -86,7 +87,8 @@ def _job_counts(dry_run_output: str) -> dict[str, int]:
 
 
 def test_the_largest_paper_dag_builds_with_every_real_source(tmp_path):
-    output = _dry_run(tmp_path, _load("vit-l-14-20.yaml"))
+    config = _load("vit-l-14-20.yaml")
+    output = _dry_run(tmp_path, config)
     assert _job_counts(output) == {
         "fetch_pretrained": 1,
         "prepare_data": 20,
@@ -94,23 +96,25 @@ def test_the_largest_paper_dag_builds_with_every_real_source(tmp_path):
         "fetch_finetuned": 20,
         "decompose": 2,
         "evaluate_reference": 1,
-        "merge_eval": 12,
+        "merge_eval": 10,
+        "merge_eval_part": 6,
+        "combine_sweep": 2,
         "adapt_eval": 3,
         "adaptation_figures": 4,
         "lambda_rank": 1,
         "spectrum": 1,
         "aggregate": 1,
         "all": 1,
-        "total": 87,
+        "total": 93,
     }
     assert "mergeflow fetch-pretrained --model ViT-L-14 --pretrained openai --image-size 224" in output
-    assert "mergeflow prepare-data --source huggingface --task EMNIST --image-size 224" in output
+    assert f"mergeflow prepare-data --source {config['data']['source']} --task EMNIST --image-size 224" in output
     assert "--emnist-split digits" in output
     assert "results/paper20/ViT-L-14/eval/cart@released.csv" in output
     assert "--method cart@released" in output
     # GPU jobs (heads, SVD, evaluations, adaptations) ask for one GPU each; downloads, data and tables for none.
     requests = re.findall(r"^\s+resources: (.*)$", output, re.MULTILINE)
-    assert sum("gpu=1" in line for line in requests) == 20 + 2 + 1 + 12 + 3
+    assert sum("gpu=1" in line for line in requests) == 20 + 2 + 1 + (10 + 6) + 3
     assert all("mem_mb=" in line and "runtime=" in line for line in requests if "gpu=1" in line)
 
 
@@ -138,3 +142,72 @@ def test_fine_tuning_replaces_fetching_when_the_config_says_so(tmp_path):
     counts = _job_counts(output)
     assert counts["finetune"] == 8 and "fetch_finetuned" not in counts
     assert "--batch-size 128 --micro-batch-size 32 --lr 1e-05" in output
+
+
+def _jobs(dry_run_output: str) -> list[dict]:
+    """Each job of a dry run: its rule, wildcards, resources (as numbers where they are) and shell command."""
+    jobs = []
+    for match in re.finditer(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)(?:Shell command: (.*))?", dry_run_output, re.M):
+        fields = dict(re.findall(r"^    (\w+): (.*)$", match.group(2), re.M))
+        resources = dict(item.split("=", 1) for item in fields.get("resources", "").split(", ") if "=" in item)
+        jobs.append({
+            "rule": match.group(1),
+            "wildcards": dict(item.split("=", 1) for item in fields.get("wildcards", "").split(", ") if "=" in item),
+            "resources": {key: int(value) if value.isdigit() else value for key, value in resources.items()},
+            "shell": match.group(3) or "",
+        })  # fmt: skip
+    return jobs
+
+
+SPLIT_SWEEPS = {"vit-l-14-14.yaml": 2, "vit-l-14-20.yaml": 3}  # parts of cart's and lowrank_ta's sweeps
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in PAPER.glob("*.yaml")))
+def test_no_paper_job_asks_for_more_than_a_day_and_every_fetch_declares_memory(tmp_path, name):
+    config = _load(name)
+    output = _dry_run(tmp_path, config)
+    jobs, counts = _jobs(output), _job_counts(output)
+    assert len(jobs) == counts["total"]
+    runtimes = {
+        (job["rule"], str(job["wildcards"])): job["resources"]["runtime"] for job in jobs if job["rule"] != "all"
+    }
+    assert max(runtimes.values()) <= 1440, max(runtimes.items(), key=lambda item: item[1])
+    fetches = [job for job in jobs if job["rule"].startswith("fetch_")]
+    assert len(fetches) == 1 + len(config["tasks"])
+    assert all("mem_mb" in job["resources"] and job["resources"]["mem_mb"] >= 2000 for job in fetches)
+    # the long sweeps run as parts by rank, each part all of a rank's λ, and one job combines each sweep
+    parts = SPLIT_SWEEPS.get(name, 1)
+    for method in ("cart", "lowrank_ta"):
+        part_jobs = [job for job in jobs if job["rule"] == "merge_eval_part" and job["wildcards"]["method"] == method]
+        assert len(part_jobs) == (parts if parts > 1 else 0)
+        grids = [json.loads(re.search(r"--grid '(.*?)'", job["shell"]).group(1)) for job in part_jobs]
+        grids.sort(key=lambda grid: config["methods"][method]["rank"].index(grid["rank"][0]))
+        if part_jobs:
+            assert [rank for grid in grids for rank in grid["rank"]] == config["methods"][method]["rank"]
+            assert all(grid["lam"] == config["methods"][method]["lam"] for grid in grids)
+    combines = [job for job in jobs if job["rule"] == "combine_sweep"]
+    assert len(combines) == (2 if parts > 1 else 0)
+    for job in combines:
+        tables = re.search(r"--parts (.*?) --parts-correct (.*?) --out", job["shell"])
+        folder = f"results/{config['benchmark']}/{config['model']['name']}/eval/parts/{job['wildcards']['method']}"
+        assert tables.group(1).split() == [f"{folder}/{i}.csv" for i in range(1, parts + 1)]
+        assert tables.group(2).split() == [f"{folder}/{i}.correct.safetensors" for i in range(1, parts + 1)]
+
+
+def test_a_lower_runtime_limit_cuts_sweeps_finer_and_refuses_a_job_it_cannot_cut(tmp_path):
+    config = _load("vit-l-14-14.yaml")
+    config["resources"] = {"max_runtime_min": 1000}
+    jobs = _jobs(_dry_run(tmp_path, config))
+    assert max(job["resources"]["runtime"] for job in jobs if job["rule"] != "all") <= 1000
+    assert sum(job["rule"] == "merge_eval_part" for job in jobs) == 3 + 3
+    # adarank's 10,000 adaptation steps are one job that no cut shortens
+    config["resources"] = {"max_runtime_min": 900}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"), "--directory",
+               str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "--cores", "4"]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert (
+        "adapt_eval {'method': 'adarank'}: 964 min estimated, over resources.max_runtime_min (900)"
+        in run.stdout + run.stderr
+    )

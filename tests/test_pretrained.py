@@ -9,14 +9,16 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
-from hub_cache import write_hub_repo
+from hub_cache import FIXTURE_COMMIT, write_hub_repo
 from safetensors.torch import save_file
 
+from mergeflow.checkpoints.tables import PINNED_COMMITS
 from mergeflow.io import InputError, load_state_dict
 from mergeflow.model import load_clip, load_spec
 from mergeflow.pretrained import fetch_pretrained, hub_weights
 
 B32_REPO = "timm/vit_base_patch32_clip_224.openai"
+B32_COMMIT = PINNED_COMMITS[B32_REPO]  # what a fetch without a revision asks for
 OPENAI_PREPROCESS = {
     "mean": [0.48145466, 0.4578275, 0.40821073],
     "std": [0.26862954, 0.26130258, 0.27577711],
@@ -44,7 +46,9 @@ def _random_clip(model_cfg: dict, seed: int = 0) -> torch.nn.Module:
     return clip
 
 
-def _serve(cache: Path, tmp_path: Path, files: dict[str, dict[str, torch.Tensor] | bytes]) -> None:
+def _serve(
+    cache: Path, tmp_path: Path, files: dict[str, dict[str, torch.Tensor] | bytes], commit: str = B32_COMMIT
+) -> None:
     served: dict[str, bytes | Path] = {}
     for name, content in files.items():
         if isinstance(content, dict):
@@ -56,7 +60,7 @@ def _serve(cache: Path, tmp_path: Path, files: dict[str, dict[str, torch.Tensor]
             served[name] = local
         else:
             served[name] = content
-    write_hub_repo(cache, B32_REPO, served)
+    write_hub_repo(cache, B32_REPO, served, commit=commit)
 
 
 def test_hub_location_comes_from_open_clips_registry():
@@ -89,6 +93,7 @@ def test_fetch_vit_b_32_at_full_size(tmp_path):
     assert recorded == spec
     assert recorded.open_clip_config["quick_gelu"] is True
     assert recorded.source["repo_id"] == B32_REPO
+    assert recorded.source["revision"] == recorded.source["commit"] == B32_COMMIT
     assert recorded.source["file"] == "open_clip_model.safetensors"
     sizes = {path.stat().st_size: path for path in blob.parent.iterdir()}
     weights_blob = sizes[max(sizes)]
@@ -151,7 +156,7 @@ def test_bad_weights_fail_naming_file_and_key_and_write_nothing(tmp_path, damage
 def test_offline_without_cached_weights_names_the_repository(tmp_path):
     cache = tmp_path / "hub"
     _serve(cache, tmp_path, {"open_clip_config.json": _served_config(TINY_CFG)})
-    with pytest.raises(InputError, match=f"hub repository {B32_REPO}: none of"):
+    with pytest.raises(InputError, match=f"hub repository {B32_REPO}@{B32_COMMIT}: none of"):
         fetch_pretrained("ViT-B-32", "openai", tmp_path / "model", cache_dir=str(cache))
     _assert_nothing_written(tmp_path / "model")
 
@@ -169,3 +174,18 @@ def test_image_size_must_match_the_model(tmp_path):
     with pytest.raises(InputError, match="model.image_size is 224 but ViT-B-32 takes 32×32"):
         fetch_pretrained("ViT-B-32", "openai", tmp_path / "model", image_size=224, cache_dir=str(cache))
     _assert_nothing_written(tmp_path / "model")
+
+
+def test_the_pinned_commit_is_asked_for_unless_a_revision_is_given(tmp_path):
+    """Weights cached only under `main` are not what a default fetch asks for; naming `main` reads them."""
+    cache = tmp_path / "hub"
+    state = _random_clip(TINY_CFG).state_dict()
+    files = {"open_clip_config.json": _served_config(TINY_CFG), "open_clip_model.safetensors": state}
+    _serve(cache, tmp_path, files, commit=FIXTURE_COMMIT)
+    with pytest.raises(InputError, match=f"{B32_REPO}@{B32_COMMIT}: none of"):
+        fetch_pretrained("ViT-B-32", "openai", tmp_path / "model", cache_dir=str(cache))
+    _assert_nothing_written(tmp_path / "model")
+
+    spec = fetch_pretrained("ViT-B-32", "openai", tmp_path / "model", revision="main", cache_dir=str(cache))
+    assert (spec.source["revision"], spec.source["commit"]) == ("main", FIXTURE_COMMIT)
+    assert load_spec(tmp_path / "model").source == spec.source

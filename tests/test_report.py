@@ -11,16 +11,20 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from mergeflow.io import InputError
 from mergeflow.report import load_method_results, load_reference, main_table, plot_rank_sweep, write_main_table
+from mergeflow.report.bootstrap import bootstrap_intervals, resampled_accuracies
 from mergeflow.report.cli import add_report_commands, main
+from mergeflow.report.correctness import read_correctness_files, save_correctness
 from mergeflow.report.figures import sweep_curves
 from mergeflow.report.published import (
     PublishedNumber,
 )
+from mergeflow.report.tables import interval_columns
 
 # An underscore in a task name exercises the LaTeX escaping.
 TASKS = ["SUN397", "Cars", "Euro_SAT"]
@@ -137,6 +141,40 @@ def table(inputs: dict[str, Path]) -> pd.DataFrame:
     return main_table(load_reference(inputs["reference"]), load_method_results(method_paths(inputs)), TASKS)
 
 
+IMAGES = 100  # test images per task in the synthetic correctness files: every accuracy above is a whole count
+
+
+def _vector(accuracy: float, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(np.arange(IMAGES) < round(accuracy * IMAGES))
+
+
+def _vectors(accuracies: pd.Series, seed: int) -> dict[str, np.ndarray]:
+    """Task → shuffled correctness with exactly that accuracy, a seed of its own per task."""
+    return {task: _vector(accuracy, seed + index) for index, (task, accuracy) in enumerate(accuracies.items())}
+
+
+def write_synthetic_correctness(inputs: dict[str, Path]) -> list[Path]:
+    """Per-image test correctness behind every CSV of `write_synthetic_suite`, as the evaluation jobs write it."""
+    reference = pd.read_csv(inputs["reference"])
+    test = reference[reference["split"] == "test"].set_index("task")
+    rows = {"zero-shot": test["zeroshot"], "individual": test["individual"]}
+    paths = [inputs["reference"].with_name("reference.correct.safetensors")]
+    save_correctness(paths[0], {row: _vectors(accuracy, 0) for row, accuracy in rows.items()})
+    for index, path in enumerate(method_paths(inputs)):
+        frame = pd.read_csv(path)
+        best = frame[frame["best"] & (frame["split"] == "test")].set_index("task")["accuracy"]
+        paths.append(path.with_name(f"{frame['method'].iloc[0]}.correct.safetensors"))
+        save_correctness(paths[-1], {frame["method"].iloc[0]: _vectors(best, 10 * (index + 1))})
+    return paths
+
+
+@pytest.fixture
+def bootstrapped(inputs: dict[str, Path]) -> pd.DataFrame:
+    correctness = read_correctness_files(write_synthetic_correctness(inputs))
+    reference, results = load_reference(inputs["reference"]), load_method_results(method_paths(inputs))
+    return main_table(reference, results, TASKS, None, correctness, resamples=400)
+
+
 def _row(table: pd.DataFrame, metric: str, method: str) -> pd.Series:
     rows = table[(table["metric"] == metric) & (table["method"] == method)]
     assert len(rows) == 1
@@ -144,6 +182,8 @@ def _row(table: pd.DataFrame, metric: str, method: str) -> pd.Series:
 
 
 TRAILING = ["average", "published", "difference", "published_source"]
+INTERVALS = [f"{column}_ci_{bound}" for column in [*TASKS, "average"] for bound in ("low", "high")]
+CART_DIFFERENCE = ["cart_difference", "cart_difference_ci_low", "cart_difference_ci_high"]
 # Published numbers handed to main_table directly: the 3-task synthetic suite is no paper suite.
 PUBLISHED = {
     "individual": PublishedNumber(90.0, "source A"),
@@ -153,7 +193,9 @@ PUBLISHED = {
 
 
 def test_main_table_rows_columns_and_settings(table: pd.DataFrame) -> None:
-    assert list(table.columns) == ["metric", "method", "setting", *TASKS, *TRAILING]
+    assert list(table.columns) == ["metric", "method", "setting", *TASKS, *TRAILING, *INTERVALS, *CART_DIFFERENCE]
+    # Without per-image correctness there is nothing to resample.
+    assert table[[*INTERVALS, *CART_DIFFERENCE]].isna().all().all()
     expected_methods = ["zero-shot", "individual", "weight averaging", "task arithmetic", "CART", "low-rank TA"]
     for metric in ("accuracy", "normalized_accuracy"):
         assert list(table.loc[table["metric"] == metric, "method"]) == expected_methods
@@ -268,6 +310,83 @@ def test_table_without_published_numbers_says_so(table: pd.DataFrame, tmp_path: 
 def test_csv_keeps_full_precision(table: pd.DataFrame, tmp_path: Path) -> None:
     csv = pd.read_csv(write_main_table(table, tmp_path)[0])
     assert csv["average"].tolist() == table["average"].tolist()
+
+
+def test_every_number_lies_in_its_bootstrap_interval(bootstrapped: pd.DataFrame) -> None:
+    for column in [*TASKS, "average"]:
+        low, high = bootstrapped[f"{column}_ci_low"], bootstrapped[f"{column}_ci_high"]
+        assert (low <= bootstrapped[column]).all() and (bootstrapped[column] <= high).all(), column
+        absolute = bootstrapped["metric"] == "accuracy"
+        assert (low[absolute] < high[absolute]).all(), column
+    # Normalized by itself on every resample, the individual row is exactly 100 with no spread.
+    individual = _row(bootstrapped, "normalized_accuracy", "individual")
+    assert individual[INTERVALS].tolist() == [100.0] * len(INTERVALS)
+
+
+def test_intervals_resample_each_rows_correctness_on_draws_shared_by_all_rows(
+    bootstrapped: pd.DataFrame, inputs: dict[str, Path]
+) -> None:
+    files = read_correctness_files(write_synthetic_correctness(inputs)).rows
+    order = ["zero-shot", "individual", "weight_averaging", "task_arithmetic", "cart", "lowrank_ta"]
+    matrices = [np.stack([files[row][task] for row in order], axis=1) for task in TASKS]
+    expected = bootstrap_intervals(100.0 * resampled_accuracies(matrices, resamples=400), baseline=order.index("cart"))
+    absolute = bootstrapped[bootstrapped["metric"] == "accuracy"]
+    assert absolute[interval_columns(TASKS)[0]].tolist() == pytest.approx(expected.task_low[:, 0].tolist())
+    assert absolute["average_ci_high"].tolist() == pytest.approx(expected.average_high.tolist())
+    assert absolute["cart_difference_ci_low"].tolist() == pytest.approx(expected.difference_low.tolist())
+    cart = _row(bootstrapped, "accuracy", "CART")
+    arithmetic = _row(bootstrapped, "accuracy", "task arithmetic")
+    assert arithmetic["cart_difference"] == pytest.approx(arithmetic["average"] - cart["average"])
+    assert arithmetic["cart_difference_ci_low"] < arithmetic["cart_difference"] < arithmetic["cart_difference_ci_high"]
+    # CART against itself: the same draws, so exactly zero on every resample.
+    for metric in ("accuracy", "normalized_accuracy"):
+        assert _row(bootstrapped, metric, "CART")[CART_DIFFERENCE].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_without_cart_the_difference_columns_stay_empty(inputs: dict[str, Path], tmp_path: Path) -> None:
+    correctness = read_correctness_files(write_synthetic_correctness(inputs))
+    paths = [inputs["weight_averaging"], inputs["task_arithmetic"]]
+    table = main_table(load_reference(inputs["reference"]), load_method_results(paths), TASKS, None, correctness)
+    assert table[CART_DIFFERENCE].isna().all().all() and table[INTERVALS].notna().all().all()
+    markdown = write_main_table(table, tmp_path)[1].read_text()
+    assert "vs CART" not in markdown and "percentile bootstrap interval" in markdown
+
+
+def test_markdown_and_latex_show_the_average_interval_and_the_difference_from_cart(
+    bootstrapped: pd.DataFrame, tmp_path: Path
+) -> None:
+    csv, markdown, latex = write_main_table(bootstrapped, tmp_path)
+    saved = pd.read_csv(csv)
+    assert saved[INTERVALS].notna().all().all() and saved[CART_DIFFERENCE].notna().all().all()
+    text, tex = markdown.read_text(), latex.read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| method "))
+    assert "| average | vs CART | published | difference |" in header
+    for row in saved[saved["metric"] == "accuracy"].itertuples():
+        average = f"{row.average:.1f} [{row.average_ci_low:.1f}, {row.average_ci_high:.1f}]"
+        versus = f"{row.cart_difference:+.1f} [{row.cart_difference_ci_low:+.1f}, {row.cart_difference_ci_high:+.1f}]"
+        line = next(line for line in text.splitlines() if line.startswith(f"| {row.method} |"))
+        assert f"| {average} | {versus} |" in line
+        assert f" & {average} & {versus} & " in tex
+    assert "| 81.3 [" in next(line for line in text.splitlines() if line.startswith("| CART |"))
+    assert "+0.0 [+0.0, +0.0]" in text
+    assert text.count("95% percentile bootstrap interval over test images (400 resamples, seed 0") == 2
+    assert "95% percentile bootstrap interval over test images (400 resamples, seed 0" in tex
+    assert r"\begin{tabular}{l" + "r" * (len(TASKS) + 4) + "l}" in tex
+
+
+def test_correctness_that_disagrees_with_the_evaluation_names_the_file(inputs: dict[str, Path]) -> None:
+    paths = write_synthetic_correctness(inputs)
+    stale = paths[method_paths(inputs).index(inputs["cart"]) + 1]
+    save_correctness(stale, {"cart": {task: _vector(0.5, 0) for task in TASKS}})
+    reference, results = load_reference(inputs["reference"]), load_method_results(method_paths(inputs))
+    stale_message = r"cart\.correct\.safetensors: cart/SUN397 gives accuracy 0\.5 but the evaluation CSV says 0\.79"
+    with pytest.raises(InputError, match=stale_message):
+        main_table(reference, results, TASKS, None, read_correctness_files(paths))
+    save_correctness(stale, {"cart": {task: np.ones(7, dtype=bool) for task in TASKS}})
+    with pytest.raises(InputError, match=r"cart/SUN397 holds 7 test images; expected 100 like zero-shot"):
+        main_table(reference, results, TASKS, None, read_correctness_files(paths))
+    with pytest.raises(InputError, match=r"no per-image correctness for row\(s\) cart;"):
+        main_table(reference, results, TASKS, None, read_correctness_files([p for p in paths if p != stale]))
 
 
 def test_sweep_curves_use_each_ranks_own_best_setting(inputs: dict[str, Path]) -> None:
@@ -409,6 +528,14 @@ def test_cli_aggregate_end_to_end(inputs: dict[str, Path], tmp_path: Path, capsy
     assert re.search(r"\| 79\.0 \| 73\.0 \| 92\.0 \| 81\.3 \|  \|  \| lam=1\.5, rank=0\.08 \|$", cart_line)
     assert "normalized" not in printed.lower()
     assert "published: none for this model and task list" in printed
+
+
+def test_cli_aggregate_with_correctness_fills_the_intervals(inputs: dict[str, Path], tmp_path: Path) -> None:
+    correct = write_synthetic_correctness(inputs)
+    assert main([*_aggregate_argv(inputs, tmp_path), "--correct", *map(str, correct)]) == 0
+    table = pd.read_csv(tmp_path / "tables" / "main.csv")
+    assert table[[*INTERVALS, *CART_DIFFERENCE]].notna().all().all()
+    assert "vs CART" in (tmp_path / "tables" / "main.md").read_text()
 
 
 def test_cli_bad_input_reports_error_and_writes_nothing(

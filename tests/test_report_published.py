@@ -14,11 +14,16 @@ from mergeflow.io import InputError
 from mergeflow.report.cli import main
 from mergeflow.report.published import (
     PublishedNumber,
+    RunExperts,
+    experts_notes,
     load_published,
     packaged_published_path,
     published_averages,
     published_for,
+    run_experts,
 )
+from mergeflow.report.results import load_method_results, load_reference
+from mergeflow.report.tables import main_table, write_main_table
 
 REPO = Path(__file__).resolve().parents[1]
 # README's published table: column header → (model, task count); row label → mergeflow method name.
@@ -91,7 +96,7 @@ def test_the_iso_papers_rows(published: pd.DataFrame) -> None:
 
 def test_numbers_apply_to_the_papers_suite_in_any_order(published: pd.DataFrame) -> None:
     numbers = published_averages(published, "ViT-B-32", list(reversed(TASKS_8)))
-    assert numbers["cart"] == PublishedNumber(84.7, "CART authors' table (arXiv 2412.12153)")
+    assert numbers["cart"] == PublishedNumber(84.7, "CART authors' table (arXiv 2412.12153)", "task_vectors", False)
     assert numbers["zeroshot"].average_accuracy == 48.0 and numbers["tsv_m"].average_accuracy == 85.9
     assert published_averages(published, "ViT-L-14", TASKS_14)["cart"].average_accuracy == 88.7
 
@@ -120,18 +125,19 @@ def test_a_variant_takes_its_own_number_else_its_base_methods() -> None:
 
 def _write_published(tmp_path: Path, rows: list[str]) -> Path:
     path = tmp_path / "published.csv"
-    path.write_text("\n".join(["model,num_tasks,method,average_accuracy,source", *rows]) + "\n")
+    path.write_text("\n".join(["model,num_tasks,method,average_accuracy,experts,source", *rows]) + "\n")
     return path
 
 
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        (["ViT-B-32,8,cart,high,paper"], r"column 'average_accuracy' has 'high' on line 2; expected an accuracy"),
-        (["ViT-B-32,8,cart,184.7,paper"], r"column 'average_accuracy' has '184.7' on line 2"),
-        (["ViT-B-32,eight,cart,84.7,paper"], r"column 'num_tasks' has 'eight' on line 2"),
-        (["ViT-B-32,8,cart,84.7,paper", "ViT-B-32,8,cart,85.0,paper"], r"line 3 repeats a \(model, num_tasks"),
-        (["ViT-B-32,8,cart,84.7,"], r"line 2 has an empty model, method or source"),
+        (["ViT-B-32,8,cart,high,none,paper"], r"column 'average_accuracy' has 'high' on line 2; expected an accuracy"),
+        (["ViT-B-32,8,cart,184.7,none,paper"], r"column 'average_accuracy' has '184.7' on line 2"),
+        (["ViT-B-32,eight,cart,84.7,none,paper"], r"column 'num_tasks' has 'eight' on line 2"),
+        (["ViT-B-32,8,cart,84.7,x,paper", "ViT-B-32,8,cart,85.0,x,paper"], r"line 3 repeats a \(model, num_tasks"),
+        (["ViT-B-32,8,cart,84.7,x,"], r"line 2 has an empty model, method, experts or source"),
+        (["ViT-B-32,8,cart,84.7,,paper"], r"line 2 has an empty model, method, experts or source"),
     ],
 )
 def test_bad_published_file_names_file_line_and_expectation(tmp_path: Path, rows: list[str], message: str) -> None:
@@ -141,8 +147,8 @@ def test_bad_published_file_names_file_line_and_expectation(tmp_path: Path, rows
 
 def test_published_file_without_a_column_is_named(tmp_path: Path) -> None:
     path = tmp_path / "published.csv"
-    path.write_text("model,num_tasks,method,source\nViT-B-32,8,cart,paper\n")
-    with pytest.raises(InputError, match=r"published\.csv: missing column\(s\) 'average_accuracy'"):
+    path.write_text("model,num_tasks,method,average_accuracy,source\nViT-B-32,8,cart,84.7,paper\n")
+    with pytest.raises(InputError, match=r"published\.csv: missing column\(s\) 'experts'"):
         load_published(path)
 
 
@@ -199,10 +205,12 @@ def test_aggregate_fills_the_published_column_for_a_paper_suite(tmp_path: Path) 
     for method, (ours, reported) in expected.items():
         assert absolute.loc[method, "average"] == pytest.approx(ours)
         assert absolute.loc[method, "published"] == reported
-        assert absolute.loc[method, "difference"] == pytest.approx(ours - reported)
+    # No fetch records: our experts are unknown, so only the zero-shot number (no experts) is compared.
+    assert absolute.loc["zero-shot", "difference"] == pytest.approx(50.0 - 48.0)
+    assert absolute.drop(index="zero-shot")["difference"].isna().all()
     markdown = (tmp_path / "out/tables/main.md").read_text()
     released = next(line for line in markdown.splitlines() if line.startswith("| CART (released) "))
-    assert re.search(r"\| 83\.0 \| 84\.7 \| -1\.7 \| lam=2\.0, rank=0\.12 \|$", released)
+    assert re.search(r"\| 83\.0 \| 84\.7 \|  \| lam=2\.0, rank=0\.12 \|$", released)
     assert "CART authors' table (arXiv 2412.12153)" in markdown
 
 
@@ -215,8 +223,148 @@ def test_aggregate_without_a_published_model_leaves_the_column_empty(tmp_path: P
 
 def test_aggregate_reads_another_published_file(tmp_path: Path) -> None:
     paths = _write_paper8_suite(tmp_path / "eval")
-    custom = _write_published(tmp_path, ["ViT-B-32,8,cart,80.0,our re-run"])
+    custom = _write_published(tmp_path, ["ViT-B-32,8,cart,80.0,none,our re-run"])
     assert _aggregate(paths, tmp_path / "out", "--published-model", "ViT-B-32", "--published", str(custom)) == 0
     absolute = pd.read_csv(tmp_path / "out/tables/main.csv").query("metric == 'accuracy'").set_index("method")
     assert absolute.loc["CART", "published"] == 80.0 and absolute.loc["CART", "published_source"] == "our re-run"
     assert pd.isna(absolute.loc["zero-shot", "published"])
+
+
+def test_the_packaged_numbers_name_their_experts(published: pd.DataFrame) -> None:
+    experts = published.set_index(["model", "num_tasks", "method"])["experts"]
+    for model in ("ViT-B-32", "ViT-L-14"):
+        assert experts[(model, 8, "cart")] == experts[(model, 8, "individual")] == "task_vectors"
+        for count in (14, 20):
+            assert experts[(model, count, "cart")] == experts[(model, count, "adamerging")] == "task_vectors+tall_masks"
+        assert {experts[(model, count, "zeroshot")] for count in (8, 14, 20)} == {"none"}
+    tsv_and_iso = published[published["method"].isin(["tsv_m", "iso_c", "iso_cts"])]
+    assert len(tsv_and_iso) == 27 and set(tsv_and_iso["experts"]) == {"tall_masks"}
+
+
+def _write_record(path: Path, task: str, source: str, experts: str, **coordinates: str) -> Path:
+    """What `mergeflow fetch-finetuned` writes beside `<task>.safetensors` (the fields the report reads)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"format": "open_clip image encoder", "model": "ViT-B-32", "task": task, "source": source}
+    path.write_text(json.dumps({**record, "experts": experts, **coordinates, "sha256": "0" * 64}))
+    return path
+
+
+def test_run_experts_from_fetch_records(tmp_path: Path) -> None:
+    commit = "c" * 40
+    tall = [
+        _write_record(tmp_path / f"tall/{task}.json", task, "tall_masks", "tall_masks", repo_id="nik-dim/tall_masks",
+                      revision="main", commit=commit)
+        for task in TASKS_8
+    ]  # fmt: skip
+    experts = run_experts(tall)
+    assert experts.label == "tall_masks"
+    assert experts.description == (
+        f"tall_masks (repo_id nik-dim/tall_masks, revision main, commit {commit}): {', '.join(TASKS_8)}"
+    )
+    cart = [
+        _write_record(tmp_path / f"cart/{task}.json", task, "cart_authors", expert, repo_id="JH-C-k/ViT-B-32",
+                      revision="main", commit=commit)
+        for task, expert in zip(TASKS_14, ["task_vectors"] * 8 + ["tall_masks"] * 6, strict=True)
+    ]  # fmt: skip
+    assert run_experts(list(reversed(cart))).label == "task_vectors+tall_masks"
+    assert run_experts([]).label is None
+
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps({"task": "DTD", "source": "tall_masks"}))
+    with pytest.raises(InputError, match=r"stale\.json: no experts; expected a record of `mergeflow fetch-finetuned`"):
+        run_experts([stale])
+    with pytest.raises(InputError, match=r"absent\.json: file not found"):
+        run_experts([tmp_path / "absent.json"])
+
+
+@pytest.mark.parametrize(
+    ("label", "compared"),
+    [
+        ("task_vectors", {"zeroshot", "individual", "weight_averaging", "cart"}),  # the CART table's 8-task experts
+        ("tall_masks", {"zeroshot", "tsv_m", "iso_c", "iso_cts"}),  # TSV's and Iso's
+        (None, {"zeroshot"}),  # not recorded
+    ],
+)
+def test_only_numbers_made_with_our_experts_are_comparable(
+    published: pd.DataFrame, label: str | None, compared: set[str]
+) -> None:
+    numbers = published_averages(published, "ViT-B-32", TASKS_8, RunExperts(label, "fixture"))
+    assert {method for method, number in numbers.items() if number.comparable} & {
+        "zeroshot", "individual", "weight_averaging", "cart", "tsv_m", "iso_c", "iso_cts"
+    } == compared  # fmt: skip
+
+
+def test_the_table_compares_like_with_like_and_says_why_not(tmp_path: Path, published: pd.DataFrame) -> None:
+    paths = _write_paper8_suite(tmp_path / "eval")
+    reference, results = load_reference(paths[0]), load_method_results(paths[1:], tasks=list(TASKS_8))
+    experts = RunExperts("tall_masks", "tall_masks (repo_id nik-dim/tall_masks, revision main, commit abc): 8 tasks")
+    numbers = published_averages(published, "ViT-B-32", TASKS_8, experts)
+    table = main_table(reference, results, TASKS_8, numbers)
+    methods = ["zeroshot", "individual", *METHOD_ACCURACY]
+    notes = experts_notes(numbers, experts, methods)
+    written = write_main_table(table, tmp_path / "tables", title="paper8, ViT-B-32", notes=notes)
+
+    absolute = pd.read_csv(written[0]).query("metric == 'accuracy'").set_index("method")
+    assert absolute.loc["zero-shot", "difference"] == pytest.approx(50.0 - 48.0)
+    assert absolute.loc["CART", "published"] == 84.7 and pd.isna(absolute.loc["CART", "difference"])
+    assert pd.isna(absolute.loc["individual", "difference"])
+    assert notes == [
+        "Experts of our rows: tall_masks (repo_id nik-dim/tall_masks, revision main, commit abc): 8 tasks.",
+        "difference left empty where the published number was made with other experts (task_vectors) than ours "
+        "(tall_masks): such numbers are shown, not compared.",
+    ]
+    markdown, latex = written[1].read_text(), written[2].read_text()
+    accuracy_section = markdown.split("## Absolute accuracy")[1].split("## Normalized")[0]
+    assert all(f"\n{note}\n" in accuracy_section for note in notes)
+    assert all(f"% {note}\n" in latex for note in notes)
+    cart = next(line for line in markdown.splitlines() if line.startswith("| CART |"))
+    assert re.search(r"\| 85\.0 \| 84\.7 \|  \| lam=2\.0, rank=0\.12 \|$", cart)
+
+    same = RunExperts("task_vectors", "task_vectors (origin drive): 8 tasks")
+    numbers = published_averages(published, "ViT-B-32", TASKS_8, same)
+    table = main_table(reference, results, TASKS_8, numbers)
+    cart_row = table[(table["metric"] == "accuracy") & (table["method"] == "CART")].iloc[0]
+    assert cart_row["difference"] == pytest.approx(85.0 - 84.7)
+    assert experts_notes(numbers, same, methods) == ["Experts of our rows: task_vectors (origin drive): 8 tasks."]
+
+
+def test_aggregate_compares_with_numbers_made_with_our_experts(tmp_path: Path) -> None:
+    paths = _write_paper8_suite(tmp_path / "eval")
+    records = [
+        _write_record(tmp_path / f"finetuned/{task}.json", task, "task_vectors", "task_vectors", origin="drive")
+        for task in TASKS_8
+    ]
+    extra = ["--published-model", "ViT-B-32", "--finetuned-records", *map(str, records)]
+    assert _aggregate(paths, tmp_path / "out", *extra) == 0
+    absolute = pd.read_csv(tmp_path / "out/tables/main.csv").query("metric == 'accuracy'").set_index("method")
+    assert absolute.loc["CART", "difference"] == pytest.approx(85.0 - 84.7)
+    assert absolute.loc["individual", "difference"] == pytest.approx(90.0 - 90.5)
+    markdown = (tmp_path / "out/tables/main.md").read_text()
+    assert "Experts of our rows: task_vectors (origin drive): " + ", ".join(TASKS_8) + "." in markdown
+
+
+def test_aggregate_marks_the_tasks_whose_val_is_not_the_experts(tmp_path: Path) -> None:
+    """EuroSAT's val comes from the experts' folders, but their draw is not public: marked; MNIST's is exact."""
+    from mergeflow.data import TaskClasses, save_classes
+    from mergeflow.image_tasks.registry import TASKS
+
+    data_dirs = []
+    for task in TASKS_8:
+        source = {"EuroSAT": "folder", "MNIST": "torchvision", "DTD": "folder"}.get(task, "huggingface")
+        save_classes(tmp_path / "data" / task, task, TaskClasses(TASKS[task].classnames, TASKS[task].templates),
+                     data={"source": source, "commit": "abc", "counts": {}})  # fmt: skip
+        data_dirs.append(str(tmp_path / "data" / task))
+    paths = _write_paper8_suite(tmp_path / "eval")
+    assert _aggregate(paths, tmp_path / "out", "--data-dirs", *data_dirs, "--experts", "tall_masks") == 0
+    provenance = pd.read_csv(tmp_path / "out/tables/tasks.csv").set_index("task")
+    assert provenance["val_exact"].to_dict() == {task: task in ("MNIST", "DTD") for task in TASKS_8}
+    markdown = (tmp_path / "out/tables/main.md").read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| method |"))
+    assert "| EuroSAT † |" in header and "| MNIST |" in header and "| DTD |" in header
+    assert markdown.count("† val approximate: these tasks' val split is not shown to be the one the tall_masks") == 2
+    assert "EuroSAT: the draw behind EuroSAT_splits is not public" in markdown
+    latex = (tmp_path / "out/tables/main.tex").read_text()
+    assert "EuroSAT †" in latex and "% † val approximate" in latex
+    assert "EuroSAT" in pd.read_csv(tmp_path / "out/tables/main.csv").columns  # the CSV keeps plain task names
+    assert _aggregate(paths, tmp_path / "ours", "--data-dirs", *data_dirs) == 0
+    assert "†" not in (tmp_path / "ours/tables/main.md").read_text()

@@ -60,7 +60,11 @@ def paper_config(model: str, num_tasks: int) -> dict:
         "hub": {"cache_dir": None},
         "model": {"name": model, "source": "open_clip", "open_clip": {"name": model, "pretrained": "openai"}},
         "tasks": SUITES[num_tasks],
-        "data": {"source": "huggingface", "revision": "main", "emnist_split": "digits"},
+        # Each task read as the experts' code read it, so that val is the split they held out (README: "The
+        # experts' protocol"); data.root holds the experts' folders (DTD, EuroSAT, SUN397, RESISC45, Stanford Cars)
+        # and receives torchvision's downloads.
+        "data": {"source": "experts", "root": "data/experts", "revision": "main", "emnist_split": "digits"},
+        "heads": {"class_texts": "auto"},
         "finetuned": {"source": "tall_masks", "allow_pickle": False},
         "finetune": {
             "steps": 2000,

@@ -55,6 +55,8 @@ def _setup(args: argparse.Namespace, seed: int | None = None) -> object:
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     if args.source == "tiny":
+        if args.no_train:
+            raise InputError("--no-train: the tiny source always writes train (the shipped encoders' recipes hash it)")
         return _prepare_tiny_task(args)
     from mergeflow.image_tasks import prepare_image_task
 
@@ -69,6 +71,7 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
         emnist_split=args.emnist_split,
         workers=args.workers,
         progress=not args.no_progress,
+        with_train=not args.no_train,
     )
     log.info("%s: wrote %s to %s", args.task, counts, args.out)
     return 0
@@ -176,16 +179,32 @@ def cmd_build_head(args: argparse.Namespace) -> int:
     device = _setup(args)
     spec, clip = load_clip(args.model_dir)
     classes = load_classes(args.data_dir)
-    head = zero_shot_head(clip.to(device), build_tokenizer(spec), classes.classnames, classes.templates, device)
-    save_head(args.out, head, clip.logit_scale.detach().cpu(), task=Path(args.data_dir).name, model=spec.name)
-    log.info(
-        "head %s: %d classes × %d templates → %s",
-        Path(args.data_dir).name,
-        len(classes.classnames),
-        len(classes.templates),
-        args.out,
-    )
+    task = Path(args.data_dir).name
+    names, templates = classes.classnames, classes.templates
+    if args.class_texts == "experts":
+        names, templates = _experts_class_texts(args.data_dir, len(names))
+    head = zero_shot_head(clip.to(device), build_tokenizer(spec), names, templates, device)
+    texts = args.class_texts if args.class_texts == "experts" else None
+    save_head(args.out, head, clip.logit_scale.detach().cpu(), task=task, model=spec.name, class_texts=texts)
+    log.info("head %s (%s class texts): %d classes × %d templates → %s", task, args.class_texts, len(names),
+             len(templates), args.out)  # fmt: skip
     return 0
+
+
+def _experts_class_texts(data_dir: str, num_classes: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The experts' code's class texts of the real task prepared in `data_dir` (its classnames.json names it)."""
+    from mergeflow.data import classes_path
+    from mergeflow.image_tasks.provenance import class_texts
+    from mergeflow.image_tasks.registry import TASKS
+    from mergeflow.io import read_json
+
+    task = read_json(classes_path(data_dir)).get("task")
+    if task not in TASKS:
+        raise InputError(f"{classes_path(data_dir)}: task {task!r} has no experts' class texts (real tasks only)")
+    names, templates = class_texts(task, "experts")
+    if len(names) != num_classes:
+        raise InputError(f"{classes_path(data_dir)}: {num_classes} classes, but the experts' {task} has {len(names)}")
+    return names, templates
 
 
 def _install_shipped_finetuned(args: argparse.Namespace, settings: FinetuneSettings) -> bool:
@@ -293,13 +312,15 @@ def cmd_evaluate_reference(args: argparse.Namespace) -> int:
     from mergeflow.io import atomic_path, load_state_dict
     from mergeflow.merge_eval import reference_accuracies
     from mergeflow.model import pretrained_path
+    from mergeflow.report.correctness import save_correctness
 
     _same_length(args, ["tasks", "heads", "data", "finetuned"])
     device = _setup(args)
     pretrained = load_state_dict(pretrained_path(args.model_dir))
     evaluator = _evaluator(args, device, pretrained)
     finetuned = _load_finetuned(args.finetuned, pretrained, pretrained_path(args.model_dir))
-    table = reference_accuracies(evaluator, pretrained, finetuned)
+    table, correct = reference_accuracies(evaluator, pretrained, finetuned)
+    save_correctness(args.correct, correct)
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, index=False)
     log.info("reference accuracies:\n%s", table.to_string(index=False))
@@ -311,6 +332,7 @@ def cmd_merge_eval(args: argparse.Namespace) -> int:
     from mergeflow.io import atomic_path, load_state_dict
     from mergeflow.merge_eval import sweep_method
     from mergeflow.model import pretrained_path
+    from mergeflow.report.correctness import save_correctness
 
     _same_length(args, ["tasks", "heads", "data", "finetuned"])
     device = _setup(args)
@@ -319,7 +341,7 @@ def cmd_merge_eval(args: argparse.Namespace) -> int:
     evaluator = _evaluator(args, device, pretrained)
     finetuned = _load_finetuned(args.finetuned, pretrained, pretrained_path(args.model_dir))
     factors = merging.load_task_factors(args.factors, device=str(device)) if args.factors else None
-    rows = sweep_method(
+    rows, correct = sweep_method(
         args.method,
         args.grid,
         pretrained,
@@ -330,12 +352,33 @@ def cmd_merge_eval(args: argparse.Namespace) -> int:
         device=str(device),
         progress=not args.no_progress,
     )
+    save_correctness(args.correct, correct)
     with atomic_path(args.out) as tmp:
         rows.to_csv(tmp, index=False)
     best = rows[rows["best"] & (rows["split"] == "test")]
     log.info(
         "%s: best setting %s, test average accuracy %.4f", args.method, best["setting"].iloc[0], best["accuracy"].mean()
     )
+    return 0
+
+
+def cmd_combine_sweep(args: argparse.Namespace) -> int:
+    from mergeflow.io import atomic_path
+    from mergeflow.merge_eval import combine_sweep_parts, read_sweep_table
+    from mergeflow.report.correctness import load_correctness, save_correctness
+
+    if len(args.parts) != len(args.parts_correct):
+        counts = f"{len(args.parts)} --parts but {len(args.parts_correct)} --parts-correct"
+        raise InputError(f"{counts}: expected one table and one correctness file per part")
+    rows, holder = combine_sweep_parts(args.method, args.grid, [read_sweep_table(path) for path in args.parts])
+    correct = load_correctness(args.parts_correct[holder])
+    if set(correct) != {args.method}:
+        raise InputError(f"{args.parts_correct[holder]}: rows {sorted(correct)}, expected only {args.method!r}")
+    save_correctness(args.correct, correct)
+    with atomic_path(args.out) as tmp:
+        rows.to_csv(tmp, index=False)
+    best = rows[rows["best"] & (rows["split"] == "test")]
+    log.info("%s: best setting %s (part %d of %d)", args.method, best["setting"].iloc[0], holder + 1, len(args.parts))
     return 0
 
 
@@ -388,7 +431,20 @@ def _evaluation_arguments(p: argparse.ArgumentParser) -> None:
         help="MiB of uint8 images kept on the device between sweep points; the rest is streamed",
     )
     p.add_argument("--out", required=True, help="CSV file")
+    p.add_argument(
+        "--correct",
+        required=True,
+        help="safetensors file for the per-image test correctness behind the CSV's selected test rows",
+    )
     _common(p)
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from mergeflow.protocol import format_protocol, tasks_protocol
+
+    rows = tasks_protocol(args.experts, model=args.model, data_source=args.data_source, revision=args.revision)
+    print(json.dumps(rows, indent=1) if args.json else format_protocol(rows))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -399,9 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare-data", help="generate or download one task's data and store its splits")
     p.add_argument(
         "--source",
-        choices=("tiny", "huggingface", "torchvision"),
+        choices=("tiny", "huggingface", "torchvision", "folder", "experts"),
         default="tiny",
-        help="tiny: the embedded benchmark; huggingface: the task's hub dataset; torchvision: its torchvision class",
+        help="tiny: the embedded benchmark; huggingface: the task's hub dataset; torchvision: its torchvision class; "
+        "folder: the experts' image folders under --root; experts: per task, the source in the experts' order",
     )
     p.add_argument("--task", required=True)
     p.add_argument("--image-size", type=int, required=True)
@@ -423,12 +480,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="huggingface: hub cache directory (default: HF_HOME's)")
     p.add_argument("--revision", default="main", help="huggingface: dataset revision (branch, tag or commit)")
     p.add_argument("--emnist-split", choices=("digits", "letters"), default="digits", help="EMNIST: which split")
-    p.add_argument("--root", default=None, help="torchvision: download directory")
+    p.add_argument("--root", default=None, help="torchvision: download directory; folder: the experts' data_location")
+    p.add_argument(
+        "--no-train",
+        action="store_true",
+        help="real sources: write val and test only (only fine-tuning reads train; tiny always writes it)",
+    )
     p.add_argument(
         "--workers", type=int, default=1, help="huggingface, torchvision: image-decoding processes (tiny: ignored)"
     )
     p.add_argument("--no-progress", action="store_true", help="disable progress bars")
     p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("tasks", help="the protocol of every real task: data, splits, val rule, head texts, expert")
+    p.add_argument(
+        "--experts",
+        default="tall_masks",
+        choices=("tall_masks", "cart_authors", "task_vectors", "fusionbench", "finetune"),
+        help="whose fine-tuned encoders (finetuned.source); default tall_masks",
+    )
+    p.add_argument("--model", default="ViT-B-32", help="open_clip model name (for the expert files)")
+    p.add_argument(
+        "--data-source",
+        default=None,
+        choices=("experts", "huggingface", "torchvision", "folder"),
+        help="data.source (default: experts for the task_vectors / TALL-masks / CART experts, else huggingface)",
+    )
+    p.add_argument("--revision", default="main", help="data.revision of the hub datasets")
+    p.add_argument("--json", action="store_true", help="one JSON object per task instead of text")
+    p.set_defaults(func=cmd_tasks)
 
     p = sub.add_parser("fetch-pretrained", help="download open_clip pretrained weights into a model directory")
     p.add_argument("--model", required=True, help="open_clip model name, e.g. ViT-B-32")
@@ -477,6 +557,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build-head", help="zero-shot head of one task from class names and templates")
     p.add_argument("--model-dir", required=True)
     p.add_argument("--data-dir", required=True, help="prepared task directory (its classnames.json)")
+    p.add_argument(
+        "--class-texts",
+        choices=("data", "experts"),
+        default="data",
+        help="data: classnames.json's names; experts: the strings the experts' code formatted (real tasks)",
+    )
     p.add_argument("--out", required=True)
     _common(p)
     p.set_defaults(func=cmd_build_head)
@@ -519,6 +605,15 @@ def build_parser() -> argparse.ArgumentParser:
                 "--factors", default=None, help="task factors from `mergeflow decompose` (cart, lowrank_ta, tsv_m)"
             )
         p.set_defaults(func=func)
+
+    p = sub.add_parser("combine-sweep", help="join merge-eval tables of a rank sweep's parts, select on the whole grid")
+    p.add_argument("--method", required=True)
+    p.add_argument("--grid", type=_json_arg, required=True, help="JSON object: the method's whole grid")
+    p.add_argument("--parts", nargs="+", required=True, help="merge-eval tables of the parts, in rank order")
+    p.add_argument("--parts-correct", nargs="+", required=True, help="the parts' per-image correctness, same order")
+    p.add_argument("--out", required=True)
+    p.add_argument("--correct", required=True, help="per-image test correctness at the whole grid's selection")
+    p.set_defaults(func=cmd_combine_sweep)
 
     p = sub.add_parser(
         "decompose", help="thin SVD of every (task, matrix) task vector, reused by every rank of a sweep"

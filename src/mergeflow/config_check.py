@@ -260,6 +260,21 @@ def _finetuned_problems(config: Mapping[str, Any]) -> list[str]:
             for task in tasks
             if task not in tables.TASKS
         ]
+    elif kind == "task_vectors":
+        if model not in tables.TASK_VECTORS_MODELS:
+            problems.append(
+                f"model.name: finetuned.source 'task_vectors' has no checkpoints for {model!r}; "
+                f"it has {list(tables.TASK_VECTORS_MODELS)}"
+            )
+        problems += [
+            f"tasks: finetuned.source 'task_vectors' has no checkpoint for {task!r} (its release has the 8 tasks)"
+            for task in tasks
+            if task not in tables.TASK_VECTORS_TASKS
+        ]
+        if block.get("allow_pickle") is not True:
+            problems.append("finetuned.allow_pickle: must be true for source 'task_vectors' (pickled whole modules)")
+        if "directory" not in block:
+            problems.append("finetuned.directory: required by source 'task_vectors'")
     elif kind == "url":
         urls = block.get("urls", {})
         problems += [f"finetuned.urls: no entry for task {task!r}" for task in tasks if task not in urls]

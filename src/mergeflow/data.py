@@ -112,11 +112,26 @@ def check_head_fits(head: Any, head_path: str | os.PathLike[str], task_dir: str 
         )
 
 
-def save_classes(task_dir: str | os.PathLike[str], task: str, classes: TaskClasses) -> None:
-    write_json(
-        classes_path(task_dir),
-        {"task": task, "classnames": list(classes.classnames), "templates": list(classes.templates)},
-    )
+def save_classes(
+    task_dir: str | os.PathLike[str], task: str, classes: TaskClasses, *, data: dict[str, Any] | None = None
+) -> None:
+    """Write the completion marker; `data` (real tasks) records where the images came from and how val was made."""
+    record: dict[str, Any] = {
+        "task": task,
+        "classnames": list(classes.classnames),
+        "templates": list(classes.templates),
+    }
+    if data is not None:
+        record["data"] = data
+    write_json(classes_path(task_dir), record)
+
+
+def load_data_record(task_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The `data` record of a prepared real task (None for the tiny tasks, which carry none)."""
+    record = read_json(classes_path(task_dir)).get("data")
+    if record is not None and not isinstance(record, dict):
+        raise InputError(f"{classes_path(task_dir)}: key 'data' must be a mapping, got {type(record).__name__}")
+    return record
 
 
 def load_classes(task_dir: str | os.PathLike[str]) -> TaskClasses:

@@ -34,10 +34,12 @@ def head_logits(features: torch.Tensor, head: torch.Tensor, logit_scale: torch.T
     return logit_scale.exp() * F.normalize(features.float(), dim=-1) @ head.t()
 
 
-def save_head(path: str, head: torch.Tensor, logit_scale: torch.Tensor, task: str, model: str) -> None:
-    save_state_dict(
-        path, {"weight": head, "logit_scale": logit_scale.detach().reshape(())}, {"task": task, "model": model}
-    )
+def save_head(
+    path: str, head: torch.Tensor, logit_scale: torch.Tensor, task: str, model: str, class_texts: str | None = None
+) -> None:
+    """`class_texts` ("experts") is recorded when the texts are not the prepared data's own."""
+    metadata = {"task": task, "model": model} | ({"class_texts": class_texts} if class_texts else {})
+    save_state_dict(path, {"weight": head, "logit_scale": logit_scale.detach().reshape(())}, metadata)
 
 
 def load_head(path: str) -> tuple[torch.Tensor, torch.Tensor]:

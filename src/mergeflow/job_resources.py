@@ -4,6 +4,9 @@ Schedulers need them up front (SLURM kills a job past its `--mem` or `--time`), 
 estimates: memory counts the image encoders a job holds at once (θ_0, the T fine-tuned models, their SVD
 factors), time counts forward passes relative to a ViT-B/32, and adaptation steps at twice the step times
 an H200 measured. Override any of them per rule with `--set-resources RULE:mem_mb=…` or in a profile.
+
+No job may ask for more than a scheduler partition allows (`resources.max_runtime_min`, a day by default): a sweep
+that would is split by rank into parts (`sweep_parts`) that the workflow combines (`merge_eval.combine_sweep_parts`).
 """
 
 from __future__ import annotations
@@ -17,18 +20,23 @@ from typing import Any
 @dataclass(frozen=True)
 class ModelScale:
     encoder_mb: int  # float32 image encoder on disk and in memory
+    clip_mb: int  # float32 whole CLIP (image and text towers): the largest file a checkpoint source serves
     compute: float  # forward cost per image relative to ViT-B/32 (GFLOPs 4.4 / 17.6 / 81)
 
 
+# Sizes in MB (10^6 bytes, rounded up) of open_clip's architectures at 4 bytes per parameter: image encoder
+# 87,849,216 / 86,192,640 / 303,966,208 parameters, whole CLIP 151,277,313 / 149,620,737 / 427,616,513
+# (tests/test_job_resources.py counts them from open_clip's configs).
 MODEL_SCALES: dict[str, ModelScale] = {
-    "ViT-B-32": ModelScale(encoder_mb=352, compute=1.0),
-    "ViT-B-16": ModelScale(encoder_mb=344, compute=4.0),
-    "ViT-L-14": ModelScale(encoder_mb=1217, compute=18.4),
+    "ViT-B-32": ModelScale(encoder_mb=352, clip_mb=606, compute=1.0),
+    "ViT-B-16": ModelScale(encoder_mb=345, clip_mb=599, compute=4.0),
+    "ViT-L-14": ModelScale(encoder_mb=1216, clip_mb=1711, compute=18.4),
 }
 # The embedded tiny model and anything unlisted: the floors below dominate.
-SMALL_MODEL = ModelScale(encoder_mb=16, compute=0.02)
+SMALL_MODEL = ModelScale(encoder_mb=16, clip_mb=32, compute=0.02)
 
 BASE_MB = 4000  # interpreter, torch, CUDA context, data batches
+MIN_MEM_MB = 2000  # the smallest request: a table or figure job, or the fetch of a tiny checkpoint
 MIN_RUNTIME_MINUTES = 10
 # Minutes to evaluate one task's val split (≤ 5000 images) with a ViT-B/32, with a 3× margin over a
 # data-centre GPU's fp32 throughput (about 3000 images/s); scaled by ModelScale.compute.
@@ -44,6 +52,22 @@ ADAPT_STEP_SECONDS_PER_IMAGE: dict[str, float] = {
 }
 # A slower GPU than the H200 needs more: SLURM kills a job past its runtime, so a request must not be tight.
 ADAPT_MARGIN = 2.0
+# The fetch verbs run on the CPU and hold whole checkpoints in memory. Peak RSS (`/usr/bin/time -v`, torch 2.14.1,
+# random float32 weights in each source's served layout, 2026-12-04) is an interpreter with torch and open_clip of
+# about 590 MB plus:
+# - fetch-finetuned: the source file read whole, θ_0, and three encoder-sized buffers while the safetensors bytes
+#   are built and written: file + 4 × encoder. A tall_masks file (task_vectors' ImageEncoder, text transformer
+#   deleted: src/models/modeling.py of nik-dim/tall_masks @d10af8b) of 454 MB peaked at 2,442 MB on ViT-B-32, of
+#   1,370 MB at 6,832 MB on ViT-L-14; a whole CLIP of 605 / 1,711 MB at 2,596 / 7,163 MB. The request takes the
+#   whole CLIP as the file, the largest any source serves.
+# - fetch-pretrained: open_clip's served CLIP read whole, the model built from it, and both towers written:
+#   about 3.5 × the CLIP (2,692 MB for ViT-B-32's 605 MB, 6,633 MB for ViT-L-14's 1,711 MB); the request takes 4 ×.
+FETCH_PROCESS_MB = 600
+FETCH_MARGIN = 1.5  # allocator and library versions; a job killed at its --mem is retried from the start
+# A download of the largest checkpoint (1.7 GB) at 1 MB/s; nothing in a fetch scales with forward passes.
+FETCH_MINUTES = 30
+# A day: the longest wall time many SLURM partitions allow.
+MAX_RUNTIME_MINUTES = 1440
 
 
 def grid_points(grid: Mapping[str, Any]) -> int:
@@ -52,7 +76,10 @@ def grid_points(grid: Mapping[str, Any]) -> int:
 
 
 def _request(mem_mb: float, minutes: float) -> dict[str, int]:
-    return {"mem_mb": int(math.ceil(mem_mb)), "runtime": int(math.ceil(max(MIN_RUNTIME_MINUTES, minutes)))}
+    return {
+        "mem_mb": int(math.ceil(max(MIN_MEM_MB, mem_mb))),
+        "runtime": int(math.ceil(max(MIN_RUNTIME_MINUTES, minutes))),
+    }
 
 
 def job_resources(rule: str, model: str, num_tasks: int, grid: Mapping[str, Any] | None = None) -> dict[str, int]:
@@ -60,12 +87,14 @@ def job_resources(rule: str, model: str, num_tasks: int, grid: Mapping[str, Any]
     scale = MODEL_SCALES.get(model, SMALL_MODEL)
     encoders = scale.encoder_mb
     tasks = num_tasks
-    if rule in ("pretrain", "fetch_pretrained", "build_head"):
+    if rule in ("pretrain", "build_head"):
         return _request(BASE_MB + 4 * encoders, 30 * scale.compute)
+    if rule == "fetch_pretrained":
+        return _request(FETCH_MARGIN * (FETCH_PROCESS_MB + 4 * scale.clip_mb), FETCH_MINUTES)
     if rule == "prepare_data":
         return _request(BASE_MB, 120)
     if rule == "fetch_finetuned":
-        return _request(BASE_MB + 3 * encoders, 30)
+        return _request(FETCH_MARGIN * (FETCH_PROCESS_MB + scale.clip_mb + 4 * encoders), FETCH_MINUTES)
     if rule == "finetune":
         # weights, gradients and two AdamW moments, plus activations of one micro-batch
         return _request(2 * BASE_MB + 6 * encoders, 30 + 40 * scale.compute)
@@ -99,3 +128,46 @@ def job_resources(rule: str, model: str, num_tasks: int, grid: Mapping[str, Any]
         pairs = tasks * (tasks - 1) / 2
         return _request(2000 + tasks * encoders / 10, 5 + pairs * 0.05 * encoders / 350)
     raise ValueError(f"no resource estimate for rule {rule!r}")
+
+
+def sweep_parts(
+    grid: Mapping[str, Any], model: str, num_tasks: int, max_minutes: int = MAX_RUNTIME_MINUTES
+) -> list[dict[str, Any]]:
+    """Grids of the merge_eval jobs that together sweep `grid`, each requesting at most `max_minutes`.
+
+    The grid itself when one job fits. Otherwise the rank list is cut into the fewest runs of consecutive
+    ranks (sizes differing by at most one) whose jobs fit. A part holds every setting at its ranks, so the
+    val-best setting at each rank, which the part evaluates on test, is the one a single sweep picks there,
+    and the overall val-best setting is one of these (`mergeflow.merge_eval.combine_sweep_parts`).
+    ValueError when even one rank per job does not fit, or the grid has no list of ranks to cut.
+    """
+
+    def minutes(part: Mapping[str, Any]) -> int:
+        return job_resources("merge_eval", model, num_tasks, part)["runtime"]
+
+    if minutes(grid) <= max_minutes:
+        return [dict(grid)]
+    from mergeflow.selection import SWEEP_AXIS
+
+    ranks = grid.get(SWEEP_AXIS)
+    if isinstance(ranks, list | tuple):
+        for count in range(2, len(ranks) + 1):
+            parts = [{**grid, SWEEP_AXIS: run} for run in _consecutive_runs(list(ranks), count)]
+            if all(minutes(part) <= max_minutes for part in parts):
+                return parts
+        reason = f"even one {SWEEP_AXIS} per job needs {minutes({**grid, SWEEP_AXIS: ranks[:1]})} min"
+    else:
+        reason = f"only a grid with a list of {SWEEP_AXIS} values can be split into jobs"
+    raise ValueError(
+        f"its {grid_points(grid)}-setting sweep would request {minutes(grid)} min on {model} with {num_tasks} tasks, "
+        f"over the limit of {max_minutes} min, and {reason}: shorten its lists or raise the limit"
+    )
+
+
+def _consecutive_runs(values: list[Any], count: int) -> list[list[Any]]:
+    """`values` cut into `count` consecutive runs whose lengths differ by at most one, longer runs first."""
+    size, longer = divmod(len(values), count)
+    bounds = [0]
+    for index in range(count):
+        bounds.append(bounds[-1] + size + (1 if index < longer else 0))
+    return [values[start:end] for start, end in zip(bounds, bounds[1:])]

@@ -18,6 +18,7 @@ from mergeflow.evaluate import EvalSettings, predict_staged, stage_splits
 from mergeflow.io import InputError
 from mergeflow.method_entries import base_method, expand_grid, factor_kind
 from mergeflow.model import ModelSpec, check_weights
+from mergeflow.report.correctness import INDIVIDUAL_ROW, ZERO_SHOT_ROW, Correctness
 from mergeflow.runtime import synchronize
 from mergeflow.selection import as_rows, mark_selection, selected_settings, setting_key, sweep_axis_of
 from mergeflow.types import StateDict
@@ -99,8 +100,8 @@ class SweepEvaluator:
         direction.write_into(self._tensors, lam, only_delta_keys=not first_use)
         self._direction = direction
 
-    def accuracies(self, split: str, tasks: Sequence[str] | None = None) -> dict[str, float]:
-        """Top-1 accuracy of the loaded weights on `split` of each task (all tasks by default)."""
+    def correct(self, split: str, tasks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Per image of `split` of each task (all tasks by default), in stored order: is the top-1 prediction right?"""
         results = {}
         for name in tasks if tasks is not None else self.task_names:
             labels = self._labels[(split, name)]
@@ -108,41 +109,55 @@ class SweepEvaluator:
                 raise ValueError(f"task {name!r}: cannot measure accuracy on an empty {split} split")
             predictions = predict_staged(self.visual, self._heads[name], self._images[(split, name)], self.spec,
                                          self.settings)  # fmt: skip
-            results[name] = int((predictions == labels).sum()) / len(labels)
+            results[name] = (predictions == labels).cpu().numpy()
         return results
+
+    def accuracies(self, split: str, tasks: Sequence[str] | None = None) -> dict[str, float]:
+        """Top-1 accuracy of the loaded weights on `split` of each task (all tasks by default)."""
+        return accuracies_of(self.correct(split, tasks))
+
+
+def accuracies_of(correct: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Accuracy per task from per-image correctness: correct images over images, as an exact ratio of counts."""
+    return {name: int(np.count_nonzero(vector)) / len(vector) for name, vector in correct.items()}
 
 
 def reference_accuracies(
     evaluator: SweepEvaluator, pretrained: StateDict, finetuned: Sequence[StateDict]
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, Correctness]:
     """Zero-shot (θ_0 on every task) and individual (θ_t on task t only) accuracy per task and split.
 
-    Columns task, split, zeroshot, individual; val rows first, tasks in the evaluator's order.
+    Returns the table (columns task, split, zeroshot, individual; val rows first, tasks in the evaluator's
+    order) and the per-image test correctness behind its test rows, under the rows `zero-shot` and
+    `individual` (`mergeflow.report.correctness`).
     """
     evaluator.load_state_dict(pretrained, "pretrained state dict")
     zeroshot_by_split = {}
     for split in EVAL_SPLITS:
         started = time.perf_counter()
-        zeroshot_by_split[split] = evaluator.accuracies(split)
+        zeroshot_by_split[split] = evaluator.correct(split)
         log.info("zero-shot %s pass: %d images in %.3f s", split, evaluator.images(split),
                  time.perf_counter() - started)  # fmt: skip
-    individual_by_split: dict[str, dict[str, float]] = {split: {} for split in EVAL_SPLITS}
+    individual_by_split: dict[str, dict[str, np.ndarray]] = {split: {} for split in EVAL_SPLITS}
     for name, weights in zip(evaluator.task_names, finetuned):
         evaluator.load_state_dict(weights, f"fine-tuned state dict of {name!r}")
         for split in EVAL_SPLITS:
-            individual_by_split[split][name] = evaluator.accuracies(split, [name])[name]
-    return pd.DataFrame(
+            individual_by_split[split].update(evaluator.correct(split, [name]))
+    zeroshot = {split: accuracies_of(zeroshot_by_split[split]) for split in EVAL_SPLITS}
+    individual = {split: accuracies_of(individual_by_split[split]) for split in EVAL_SPLITS}
+    table = pd.DataFrame(
         [
             {
                 "task": name,
                 "split": split,
-                "zeroshot": zeroshot_by_split[split][name],
-                "individual": individual_by_split[split][name],
+                "zeroshot": zeroshot[split][name],
+                "individual": individual[split][name],
             }
             for split in EVAL_SPLITS
             for name in evaluator.task_names
         ]
     )
+    return table, {ZERO_SHOT_ROW: zeroshot_by_split["test"], INDIVIDUAL_ROW: individual_by_split["test"]}
 
 
 def _without_lam(setting: Mapping[str, Any]) -> dict[str, Any]:
@@ -160,9 +175,11 @@ def sweep_method(
     factors: merging.TaskFactors | None = None,
     device: str = "cpu",
     progress: bool = True,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, Correctness]:
     """Evaluate every setting of `grid` on val, then the selected settings on test.
 
+    Returns the rows of every pass, and the per-image test correctness of the overall val-selected setting
+    (row `method`; `mergeflow.report.correctness`), which the tables' bootstrap intervals resample.
     `method` is a config entry (a registry name, or `name@variant`); rows are labelled with it.
     Settings that differ only in `lam` share one merge direction (origin + lam·delta), and spectral
     methods share one SVD per (task, matrix) across the whole grid. `reference[split][task]` is the
@@ -177,9 +194,9 @@ def sweep_method(
 
     directions: dict[str, merging.MergeDirection] = {}
     # A direction without delta (cart at rank 0 or 1: θ_avg for every lam) is the same model at every lam.
-    lam_free_results: dict[tuple[str, str], dict[str, float]] = {}
+    lam_free_results: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
-    def evaluate(setting: Mapping[str, Any], split: str) -> dict[str, float]:
+    def evaluate(setting: Mapping[str, Any], split: str) -> dict[str, np.ndarray]:
         started = time.perf_counter()
         key = setting_key(_without_lam(setting))
         if key not in directions:
@@ -193,7 +210,7 @@ def sweep_method(
         evaluator.load_direction(direction, float(setting.get("lam", 0.0)))
         synchronize(evaluator.device)
         merged = time.perf_counter()
-        results = evaluator.accuracies(split)
+        results = evaluator.correct(split)
         # One line per pass: benchmarks/gpu_sweep.py reads the pass times of a real sweep from these.
         log.info("%s %s pass at %s: merge %.3f s, %d images in %.3f s", method, split, setting_key(setting),
                  merged - started, evaluator.images(split), time.perf_counter() - merged)  # fmt: skip
@@ -205,12 +222,14 @@ def sweep_method(
     by_key = {}
     for setting in tqdm(_lam_innermost(settings), desc=f"{method} val grid", disable=not progress):
         by_key[setting_key(setting)] = setting
-        rows += as_rows(method, setting, "val", evaluate(setting, "val"), reference["val"])
+        rows += as_rows(method, setting, "val", accuracies_of(evaluate(setting, "val")), reference["val"])
     val_rows = pd.DataFrame(rows)
     best, best_at_sweep = selected_settings(val_rows, sweep_axis_of(grid))
+    test_correct = {}
     for key in [k for k in by_key if k in best_at_sweep | {best}]:
-        rows += as_rows(method, by_key[key], "test", evaluate(by_key[key], "test"), reference["test"])
-    return mark_selection(pd.DataFrame(rows), best, best_at_sweep)
+        test_correct[key] = evaluate(by_key[key], "test")
+        rows += as_rows(method, by_key[key], "test", accuracies_of(test_correct[key]), reference["test"])
+    return mark_selection(pd.DataFrame(rows), best, best_at_sweep), {method: test_correct[best]}
 
 
 def _lam_innermost(settings: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -219,3 +238,75 @@ def _lam_innermost(settings: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for index, setting in enumerate(settings):
         first_seen.setdefault(setting_key(_without_lam(setting)), index)
     return sorted(settings, key=lambda s: first_seen[setting_key(_without_lam(s))])
+
+
+# Columns of a sweep table that hold numbers (written empty where NaN: no rank, no lam, or an individual accuracy
+# of 0) and booleans; the others hold text.
+_FLOAT_COLUMNS = ("rank", "lam", "accuracy", "normalized_accuracy")
+_BOOLEAN_COLUMNS = ("best", "best_at_sweep")
+_SWEEP_COLUMNS = ("method", "setting", "split", "task", *_FLOAT_COLUMNS, *_BOOLEAN_COLUMNS)
+
+
+def read_sweep_table(path: str) -> pd.DataFrame:
+    """A table written by `sweep_method` (via to_csv), every float exactly as written (Python's own parser)."""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise InputError(f"{path}: not a readable merge-eval table ({type(err).__name__}: {err})") from None
+    missing = sorted(set(_SWEEP_COLUMNS) - set(table.columns))
+    if missing:
+        raise InputError(f"{path}: not a merge-eval table, it lacks the column(s) {missing}")
+    for column in (*_FLOAT_COLUMNS, *_BOOLEAN_COLUMNS):
+        values = table[column].tolist()
+        try:
+            if column in _FLOAT_COLUMNS:
+                table[column] = [float(value) if value else float("nan") for value in values]
+            else:
+                table[column] = [{"True": True, "False": False}[value] for value in values]
+        except (ValueError, KeyError) as err:
+            expected = "numbers" if column in _FLOAT_COLUMNS else "True or False"
+            raise InputError(f"{path}: column {column!r} holds {err}, expected {expected}") from None
+    return table
+
+
+def combine_sweep_parts(
+    method: str, grid: Mapping[str, Any], parts: Sequence[pd.DataFrame]
+) -> tuple[pd.DataFrame, int]:
+    """The table `sweep_method` returns for `grid`, from its tables for parts of the grid's rank list, and the
+    index of the part whose own selection is the whole grid's (its per-image correctness is the method's).
+
+    Each part (`mergeflow.job_resources.sweep_parts`) evaluated every setting at its ranks on val and each
+    rank's val-best setting on test. The val rows of the whole grid then pick the overall best again, which is
+    one of those; rows come in a single sweep's order, so the written table has the same bytes as one job's.
+    """
+    rows = pd.concat(parts, ignore_index=True).drop(columns=["best", "best_at_sweep"])
+    labels = sorted(set(rows["method"]))
+    if labels != [method]:
+        raise InputError(f"sweep parts of {method!r}: rows are labelled {labels}")
+    registry_name = base_method(method)
+    settings = _lam_innermost([merging.resolve_hparams(registry_name, raw) for raw in expand_grid(grid)])
+    position = {setting_key(setting): index for index, setting in enumerate(settings)}
+    val = rows[rows["split"] == "val"]
+    counts = val.groupby("setting").size()
+    missing, extra = sorted(set(position) - set(counts.index)), sorted(set(counts.index) - set(position))
+    if missing or extra or counts.nunique() != 1:
+        raise InputError(
+            f"sweep parts of {method!r}: val rows do not cover the grid once (missing {missing}, not in the grid "
+            f"{extra}, rows per setting {sorted(set(counts))})"
+        )
+
+    def in_grid_order(table: pd.DataFrame) -> pd.DataFrame:
+        return table.sort_values("setting", key=lambda column: column.map(position), kind="stable")
+
+    val = in_grid_order(val)
+    best, best_at_sweep = selected_settings(val, sweep_axis_of(grid))
+    test = in_grid_order(rows[rows["split"] == "test"])
+    if set(test["setting"]) != best_at_sweep | {best}:
+        raise InputError(
+            f"sweep parts of {method!r}: test rows are for {sorted(set(test['setting']))}, but the val-best settings "
+            f"are {sorted(best_at_sweep | {best})} (was a part cut inside a rank?)"
+        )
+    holder = [index for index, part in enumerate(parts) if best in set(part.loc[part["best"], "setting"])]
+    if len(holder) != 1:
+        raise InputError(f"sweep parts of {method!r}: {len(holder)} parts selected {best}, expected exactly one")
+    return mark_selection(pd.concat([val, test], ignore_index=True), best, best_at_sweep), holder[0]

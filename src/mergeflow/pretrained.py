@@ -3,7 +3,9 @@
 open_clip publishes each pretrained tag as a Hugging Face hub repository holding `open_clip_config.json`
 (the model and preprocessing config) and the weights as `open_clip_model.safetensors`, older ones also
 as `open_clip_pytorch_model.bin`. Files go through the hub cache, so a second fetch, or one with
-HF_HUB_OFFLINE=1 after a first download, reads the cache only.
+HF_HUB_OFFLINE=1 after a first download, reads the cache only. Without a revision, the repository's default from
+`mergeflow.checkpoints.tables.default_revision` is asked for (a pinned commit where one is known); `model.json`
+records the revision asked for and the commit it resolved to.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from mergeflow.checkpoints.hub import snapshot_commit
 from mergeflow.checkpoints.readers import read_tensors
 from mergeflow.checkpoints.record import sha256_file
+from mergeflow.checkpoints.tables import default_revision
 from mergeflow.io import InputError
 from mergeflow.model import OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, ModelSpec, build_clip, load_weights, save_model_dir
 
@@ -55,7 +58,7 @@ def hub_weights(model_name: str, tag: str) -> HubWeights:
     return HubWeights(repo_id=repo_id.rstrip("/"), filename=filename or None)
 
 
-def _download(repo_id: str, filename: str, revision: str | None, cache_dir: str | None) -> Path | None:
+def _download(repo_id: str, filename: str, revision: str, cache_dir: str | None) -> Path | None:
     """The cached file, or None when the repository does not have it (or, offline, the cache lacks it)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
@@ -67,7 +70,7 @@ def _download(repo_id: str, filename: str, revision: str | None, cache_dir: str 
 
 
 def _model_config(
-    model_name: str, tag: str, weights: HubWeights, revision: str | None, cache_dir: str | None
+    model_name: str, tag: str, weights: HubWeights, revision: str, cache_dir: str | None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(model config, preprocessing config), preferring the repository's own `open_clip_config.json`."""
     import open_clip
@@ -87,14 +90,14 @@ def _model_config(
     return model_cfg, {key: pretrained_cfg[key] for key in ("mean", "std") if key in pretrained_cfg}
 
 
-def _weights_file(weights: HubWeights, revision: str | None, cache_dir: str | None) -> Path:
+def _weights_file(weights: HubWeights, revision: str, cache_dir: str | None) -> Path:
     candidates = [weights.filename] if weights.filename else [SAFETENSORS_FILE, PICKLE_FILE]
     for filename in candidates:
         path = _download(weights.repo_id, filename, revision, cache_dir)
         if path is not None:
             return path
     raise InputError(
-        f"hub repository {weights.repo_id}: none of {candidates} could be found "
+        f"hub repository {weights.repo_id}@{revision}: none of {candidates} could be found "
         "(offline, the hub cache must already hold one of them)"
     )
 
@@ -115,6 +118,7 @@ def fetch_pretrained(
     the model's (it is what `prepare_data` resized the images to).
     """
     weights = hub_weights(model_name, tag)
+    revision = revision or default_revision(weights.repo_id)
     model_cfg, preprocess_cfg = _model_config(model_name, tag, weights, revision, cache_dir)
     weights_path = _weights_file(weights, revision, cache_dir)
     spec = ModelSpec(
@@ -127,7 +131,7 @@ def fetch_pretrained(
             "model": model_name,
             "pretrained": tag,
             "repo_id": weights.repo_id,
-            "revision": revision or "main",
+            "revision": revision,
             "file": weights_path.name,
             "commit": snapshot_commit(weights_path),
             "sha256": sha256_file(weights_path),

@@ -6,7 +6,7 @@ import re
 import shlex
 import sys
 
-from mergeflow.job_resources import grid_points, job_resources
+from mergeflow.job_resources import MAX_RUNTIME_MINUTES, grid_points, job_resources, sweep_parts
 from mergeflow.method_entries import base_method, factor_kind, is_adaptive
 
 MODEL = config["model"]["name"]
@@ -20,6 +20,7 @@ STATIC_METHODS = [method for method in METHODS if not is_adaptive(method)]
 ADAPTIVE_ENTRIES = [method for method in METHODS if is_adaptive(method)]
 RESULTS = "results"
 SUITE = f"{RESULTS}/{BENCHMARK}/{MODEL}"
+WRITES_TRAIN = config["data"]["source"] == "tiny" or FINETUNED["source"] == "finetune"
 
 
 wildcard_constraints:
@@ -69,12 +70,52 @@ GPUS_PER_JOB = 0 if config.get("device", "auto") == "cpu" else 1
 SCALE_MODEL = config["model"].get("open_clip", {}).get("name", MODEL)
 
 
+# No job asks for more wall time than this (`resources.max_runtime_min`; a day, the longest many SLURM partitions
+# allow). A merge_eval sweep that would is split by rank into jobs of its own whose tables rule combine_sweep joins.
+MAX_RUNTIME_MIN = config.get("resources", {}).get("max_runtime_min", MAX_RUNTIME_MINUTES)
+
+
+def planned_sweep_parts():
+    """Each static method's merge_eval grids: its own grid, or the parts of its rank list (mergeflow.job_resources)."""
+    parts = {}
+    for method in STATIC_METHODS:
+        try:
+            parts[method] = sweep_parts(config["methods"][method], SCALE_MODEL, len(TASKS), MAX_RUNTIME_MIN)
+        except ValueError as err:
+            print(f"methods.{method}: {err} (resources.max_runtime_min)", file=sys.stderr)
+            sys.exit(1)
+    return parts
+
+
+SWEEP_PARTS = planned_sweep_parts()
+SPLIT_SWEEPS = [method for method, parts in SWEEP_PARTS.items() if len(parts) > 1]
+WHOLE_SWEEPS = [method for method, parts in SWEEP_PARTS.items() if len(parts) == 1]
+
+
+def sweep_grid(wildcards):
+    """The grid a job sweeps: a part of its method's grid for a `part` job, else the method's whole grid."""
+    if "part" in wildcards.keys():
+        return SWEEP_PARTS[wildcards.method][int(wildcards.part) - 1]
+    return config["methods"][wildcards.method]
+
+
+def sweep_part_files(method, suffix):
+    """combine_sweep's inputs: one file per part of a split sweep (`csv`, `correct.safetensors`), in rank order."""
+    return [f"{SUITE}/eval/parts/{method}/{index}.{suffix}" for index in range(1, len(SWEEP_PARTS[method]) + 1)]
+
+
 def scaled(rule_name, key):
     """A resource of `rule_name`'s jobs (mem_mb or runtime), from mergeflow.job_resources."""
 
     def value(wildcards):
-        grid = config["methods"].get(wildcards.get("method"), {}) if rule_name in ("merge_eval", "adapt_eval") else None
-        return job_resources(rule_name, SCALE_MODEL, len(TASKS), grid)[key]
+        grid = sweep_grid(wildcards) if rule_name in ("merge_eval", "adapt_eval") else None
+        request = job_resources(rule_name, SCALE_MODEL, len(TASKS), grid)
+        if request["runtime"] > MAX_RUNTIME_MIN:
+            raise ValueError(
+                f"{rule_name} {dict(wildcards.items())}: {request['runtime']} min estimated, over "
+                f"resources.max_runtime_min ({MAX_RUNTIME_MIN}); raise the limit or shorten the job's settings"
+            )
+        return request[key]
 
     return value
 
@@ -175,10 +216,28 @@ def data_source_flags():
             f"--train-size {data['train_size']} --test-size {data['test_size']} --seed {data.get('seed', 0)}"
             f" --domain-style {data.get('domain_style', 0.0)} --split-shift {data.get('split_shift', 0.0)}"
         )
-    if data["source"] == "torchvision":
-        return f"--root {data.get('root', f'{RESULTS}/downloads/torchvision')}"
-    flags = f"--revision {data.get('revision', 'main')} --emnist-split {data.get('emnist_split', 'digits')}"
-    return f"{flags} {hub_cache_flag()}".strip()
+    flags = [] if WRITES_TRAIN else ["--no-train"]
+    if data["source"] != "huggingface":
+        flags.append(f"--root {shlex.quote(data.get('root', f'{RESULTS}/downloads/torchvision'))}")
+    if data["source"] in ("huggingface", "experts"):
+        flags += [f"--revision {data.get('revision', 'main')}", f"--emnist-split {data.get('emnist_split', 'digits')}"]
+        flags.append(hub_cache_flag())
+    return " ".join(flag for flag in flags if flag)
+
+
+def data_splits():
+    """The splits prepare_data writes: train only where a job fine-tunes (tiny always: its recipes hash train)."""
+    return ("train", "val", "test") if WRITES_TRAIN else ("val", "test")
+
+
+def head_class_texts():
+    """build-head's --class-texts: the experts' code's strings for experts it trained, else the prepared data's."""
+    from mergeflow.image_tasks.provenance import head_texts_for
+
+    choice = config.get("heads", {}).get("class_texts", "auto")
+    if choice == "auto":
+        choice = "experts" if head_texts_for(FINETUNED["source"]) == "experts" else "data"
+    return choice
 
 
 def task_inputs():
@@ -200,9 +259,9 @@ def task_flags():
     )
 
 
-def sweep_points(method):
-    """How many settings the method's grid evaluates on val."""
-    return grid_points(config["methods"][method])
+def sweep_points(wildcards):
+    """How many settings a merge_eval job evaluates on val."""
+    return grid_points(sweep_grid(wildcards))
 
 
 def one_of(names):

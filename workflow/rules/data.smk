@@ -1,7 +1,7 @@
 rule prepare_data:
     output:
-        images=[f"{RESULTS}/data/{{task}}/{split}_images.npy" for split in ("train", "val", "test")],
-        labels=[f"{RESULTS}/data/{{task}}/{split}_labels.npy" for split in ("train", "val", "test")],
+        images=[f"{RESULTS}/data/{{task}}/{split}_images.npy" for split in data_splits()],
+        labels=[f"{RESULTS}/data/{{task}}/{split}_labels.npy" for split in data_splits()],
         classnames=f"{RESULTS}/data/{{task}}/classnames.json",
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.classnames),

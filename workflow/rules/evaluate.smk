@@ -1,10 +1,11 @@
 # Zero-shot and individual fine-tuned accuracies: the reference rows of every table and the
-# denominators of normalized accuracy.
+# denominators of normalized accuracy; with their per-image test correctness for the tables' intervals.
 rule evaluate_reference:
     input:
         **task_inputs(),
     output:
-        f"{SUITE}/eval/reference.csv",
+        table=f"{SUITE}/eval/reference.csv",
+        correct=f"{SUITE}/eval/reference.correct.safetensors",
     params:
         tasks=task_flags(),
         evaluation=evaluation_flags(),
@@ -22,4 +23,4 @@ rule evaluate_reference:
         benchmark_path("evaluate_reference", f"{BENCHMARK}/{MODEL}")
     shell:
         "mergeflow evaluate-reference {params.tasks} {params.evaluation}"
-        " --out {output} --threads {threads} {params.device} > {log} 2>&1"
+        " --out {output.table} --correct {output.correct} --threads {threads} {params.device} > {log} 2>&1"

@@ -9,6 +9,7 @@ rule build_head:
         model_dir=lambda wildcards, input: os.path.dirname(input.model),
         data_dir=lambda wildcards, input: os.path.dirname(input.classnames),
         device=device_flag(),
+        class_texts=head_class_texts(),
     threads: 1
     resources:
         gpu=GPUS_PER_JOB,
@@ -21,5 +22,5 @@ rule build_head:
     benchmark:
         benchmark_path("build_head", "{model}/{task}")
     shell:
-        "mergeflow build-head --model-dir {params.model_dir} --data-dir {params.data_dir}"
+        "mergeflow build-head --model-dir {params.model_dir} --data-dir {params.data_dir} --class-texts {params.class_texts}"
         " --out {output} --threads {threads} {params.device} > {log} 2>&1"

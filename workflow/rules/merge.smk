@@ -23,25 +23,27 @@ rule decompose:
         " --out {output} --threads {threads} {params.device} > {log} 2>&1"
 
 
-# One job per method: merge over the method's grid in memory, pick on val, evaluate test once.
+# One job per method: merge over the method's grid in memory, pick on val, evaluate test once (and keep
+# the per-image test correctness of the selected setting, for the tables' bootstrap intervals).
 rule merge_eval:
     input:
         unpack(factor_inputs),
         **task_inputs(),
         reference=f"{SUITE}/eval/reference.csv",
     output:
-        f"{SUITE}/eval/{{method}}.csv",
+        table=f"{SUITE}/eval/{{method}}.csv",
+        correct=f"{SUITE}/eval/{{method}}.correct.safetensors",
     wildcard_constraints:
-        method=one_of(STATIC_METHODS),
+        method=one_of(WHOLE_SWEEPS),
     params:
         tasks=task_flags(),
-        grid=lambda wildcards: as_json(config["methods"][wildcards.method]),
+        grid=lambda wildcards: as_json(sweep_grid(wildcards)),
         factors=lambda wildcards, input: f"--factors {input.factors}" if "factors" in input.keys() else "",
         evaluation=evaluation_flags(),
         device=device_flag(),
     threads: 1
     # The longest sweeps start first, so that the short ones fill the other cores instead of trailing alone.
-    priority: lambda wildcards: sweep_points(wildcards.method)
+    priority: sweep_points
     resources:
         gpu=GPUS_PER_JOB,
         mem_mb=scaled("merge_eval", "mem_mb"),
@@ -55,7 +57,48 @@ rule merge_eval:
     shell:
         "mergeflow merge-eval --method {wildcards.method} --grid {params.grid:q} {params.tasks} {params.factors}"
         " --reference {input.reference} {params.evaluation}"
-        " --out {output} --threads {threads} {params.device} > {log} 2>&1"
+        " --out {output.table} --correct {output.correct} --threads {threads} {params.device} > {log} 2>&1"
+
+
+# A sweep longer than resources.max_runtime_min: one job per run of ranks (each rank's settings whole, its
+# val-best one evaluated on test), then the whole grid's val rows select again in combine_sweep.
+use rule merge_eval as merge_eval_part with:
+    output:
+        table=f"{SUITE}/eval/parts/{{method}}/{{part}}.csv",
+        correct=f"{SUITE}/eval/parts/{{method}}/{{part}}.correct.safetensors",
+    wildcard_constraints:
+        method=one_of(SPLIT_SWEEPS),
+        part=r"[1-9][0-9]*",
+    log:
+        log_path("merge_eval", f"{BENCHMARK}/{MODEL}/{{method}}.part{{part}}"),
+    benchmark:
+        benchmark_path("merge_eval", f"{BENCHMARK}/{MODEL}/{{method}}.part{{part}}")
+
+
+rule combine_sweep:
+    input:
+        tables=lambda wildcards: sweep_part_files(wildcards.method, "csv"),
+        correct=lambda wildcards: sweep_part_files(wildcards.method, "correct.safetensors"),
+    output:
+        table=f"{SUITE}/eval/{{method}}.csv",
+        correct=f"{SUITE}/eval/{{method}}.correct.safetensors",
+    wildcard_constraints:
+        method=one_of(SPLIT_SWEEPS),
+    params:
+        grid=lambda wildcards: as_json(config["methods"][wildcards.method]),
+    threads: 1
+    resources:
+        mem_mb=scaled("aggregate", "mem_mb"),
+        runtime=scaled("aggregate", "runtime"),
+    conda:
+        "../../envs/mergeflow.yaml"
+    log:
+        log_path("combine_sweep", f"{BENCHMARK}/{MODEL}/{{method}}"),
+    benchmark:
+        benchmark_path("combine_sweep", f"{BENCHMARK}/{MODEL}/{{method}}")
+    shell:
+        "mergeflow combine-sweep --method {wildcards.method} --grid {params.grid:q} --parts {input.tables}"
+        " --parts-correct {input.correct} --out {output.table} --correct {output.correct} > {log} 2>&1"
 
 
 # A test-time adaptive method (AdaMerging, AdaMerging + CART, AdaRank): coefficients learned on each task's
@@ -69,6 +112,7 @@ rule adapt_eval:
         table=f"{SUITE}/eval/{{method}}.csv",
         learned=f"{SUITE}/eval/{{method}}.learned.safetensors",
         entropy=f"{SUITE}/eval/{{method}}.entropy.csv",
+        correct=f"{SUITE}/eval/{{method}}.correct.safetensors",
     wildcard_constraints:
         method=one_of(ADAPTIVE_ENTRIES),
     params:
@@ -91,4 +135,4 @@ rule adapt_eval:
     shell:
         "mergeflow adapt-eval --method {wildcards.method} --settings {params.settings:q} {params.tasks} {params.cart}"
         " --reference {input.reference} {params.evaluation} --learned {output.learned} --entropy {output.entropy}"
-        " --out {output.table} --threads {threads} {params.device} > {log} 2>&1"
+        " --out {output.table} --correct {output.correct} --threads {threads} {params.device} > {log} 2>&1"

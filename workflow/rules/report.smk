@@ -21,7 +21,13 @@ rule aggregate:
     input:
         reference=f"{SUITE}/eval/reference.csv",
         results=expand(f"{SUITE}/eval/{{method}}.csv", method=METHODS),
+        correct=[f"{SUITE}/eval/reference.correct.safetensors"]
+        + expand(f"{SUITE}/eval/{{method}}.correct.safetensors", method=METHODS),
         published=PUBLISHED_CSV,
+        # Whose experts made the rows (the fetch records; none when finetune trains them here), and where each
+        # task's data came from (classnames.json's data record): which published numbers and val splits compare.
+        records=[] if FINETUNED["source"] == "finetune" else [f"{RESULTS}/finetuned/{MODEL}/{task}.json" for task in TASKS],
+        data=[data_marker(task) for task in TASKS],
     output:
         csv=report(
             f"{SUITE}/tables/main.csv",
@@ -31,6 +37,7 @@ rule aggregate:
         ),
         markdown=f"{SUITE}/tables/main.md",
         latex=f"{SUITE}/tables/main.tex",
+        tasks=f"{SUITE}/tables/tasks.csv",
         png=report(
             f"{SUITE}/figures/rank_sweep.png",
             caption="../report/rank_sweep.rst",
@@ -51,6 +58,9 @@ rule aggregate:
         tasks=" ".join(TASKS),
         title=SUITE_LABEL,
         published_model=PUBLISHED_MODEL_FLAG,
+        records=lambda wildcards, input: f"--finetuned-records {' '.join(input.records)}" if input.records else "",
+        data_dirs=" ".join(data_dir(task) for task in TASKS),
+        experts=FINETUNED["source"],
     resources:
         mem_mb=scaled("aggregate", "mem_mb"),
         runtime=scaled("aggregate", "runtime"),
@@ -62,7 +72,8 @@ rule aggregate:
         benchmark_path("aggregate", f"{BENCHMARK}/{MODEL}")
     shell:
         "mergeflow aggregate --reference {input.reference} --results {input.results} --tasks {params.tasks}"
-        " --published {input.published} {params.published_model}"
+        " --correct {input.correct} --published {input.published} {params.published_model} {params.records}"
+        " --data-dirs {params.data_dirs} --experts {params.experts}"
         " --tables-dir {params.tables_dir} --figures-dir {params.figures_dir} --title {params.title:q} > {log} 2>&1"
 
 

@@ -38,6 +38,7 @@ def cmd_adapt_eval(args: argparse.Namespace) -> int:
     from mergeflow.heads import load_head
     from mergeflow.io import atomic_path, load_state_dict
     from mergeflow.model import pretrained_path
+    from mergeflow.report.correctness import save_correctness
     from mergeflow.report.results import load_method_results
 
     _same_length(args, ["tasks", "heads", "data", "finetuned"])
@@ -67,6 +68,8 @@ def cmd_adapt_eval(args: argparse.Namespace) -> int:
     for step in range(0, len(curve), max(1, len(curve) // 10)):
         log.info("step %d: entropy %.4f", step, curve["total"].iloc[step])
     save_learned_merge(args.learned, result.learned)
+    # The adapted encoder is still loaded: one more test pass keeps its per-image correctness for the tables.
+    save_correctness(args.correct, {args.method: evaluator.correct("test")})
     with atomic_path(args.entropy) as tmp:
         curve.to_csv(tmp, index=False)
     with atomic_path(args.out) as tmp:

@@ -20,6 +20,7 @@ from mergeflow.checkpoints.keys import (
 from mergeflow.checkpoints.readers import read_tensors
 from mergeflow.checkpoints.record import check_output_path, write_encoder
 from mergeflow.checkpoints.sources import SOURCES, Located, parse_options
+from mergeflow.checkpoints.tables import expert_origin
 from mergeflow.types import StateDict
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,22 @@ def to_open_clip(
     return strip_prefix(raw, prefix, located.label), {"layout": "open_clip", "key_prefix": prefix}
 
 
+def base_difference(located: Located, pretrained: Mapping[str, torch.Tensor], allow_pickle: bool) -> dict[str, float]:
+    """How far the source's own zero-shot encoder (task_vectors ships one) is from θ_0: max |Δ| over all weights.
+
+    Its task vectors were fine-tuned from that encoder; a nonzero gap means θ_t − θ_0 also carries the gap.
+    """
+    path = located.provenance.get("zeroshot_path")
+    if path is None:
+        return {}
+    raw, _ = read_tensors(path, allow_pickle=allow_pickle, label=path)
+    base = match_pretrained(strip_prefix(raw, str(located.key_prefix), path), pretrained, path)
+    gap = max(float((base[key] - value.float()).abs().max()) for key, value in pretrained.items())
+    if gap > 0:
+        warnings.warn(f"{path}: the source's zero-shot encoder differs from θ_0 by up to {gap:g}", stacklevel=3)
+    return {"zeroshot_max_abs_difference": gap}
+
+
 def fetch_finetuned(
     source: Mapping[str, Any],
     *,
@@ -62,7 +79,9 @@ def fetch_finetuned(
 
     `model` is the open_clip name (ViT-B-32, ViT-B-16, ViT-L-14); `pretrained` is θ_0 in open_clip keys, against
     which keys and shapes are checked. Writes `out` (safetensors, float32) and its `.json` sidecar and returns
-    the record. Every bad input raises `mergeflow.io.InputError` before anything is written at `out`.
+    the record: where the file came from (for hub sources the revision asked for and the commit it resolved to)
+    and whose experts it is (`experts`, the names of published.csv's column of that name). Every bad input
+    raises `mergeflow.io.InputError` before anything is written at `out`.
     """
     target = check_output_path(out)
     options = parse_options(source)
@@ -72,13 +91,16 @@ def fetch_finetuned(
     raw, read_as = read_tensors(located.path, allow_pickle=allow_pickle, label=located.label)
     state, conversion = to_open_clip(raw, located, pretrained)
     checked = match_pretrained(state, pretrained, located.label)
+    base = base_difference(located, pretrained, allow_pickle)
     if located.caveat:
         warnings.warn(f"{model}/{task} from {options.kind}: {located.caveat}", stacklevel=2)
     record = {
         "format": FORMAT,
         "model": model,
         "task": task,
+        "experts": expert_origin(options.kind, task),
         **located.provenance,
+        **base,
         "read_as": read_as,
         **conversion,
     }

@@ -20,15 +20,14 @@ class HubFile:
 
     repo_id: str
     path_in_repo: str
-    revision: str
-    commit: str | None
+    revision: str  # as asked for: a branch, tag or commit
+    commit: str  # what the hub resolved it to
     local_path: Path
 
     @property
     def label(self) -> str:
         """How errors name the file: hub coordinates and the local copy."""
-        at = self.commit or self.revision
-        return f"{self.repo_id}/{self.path_in_repo}@{at} ({self.local_path})"
+        return f"{self.repo_id}/{self.path_in_repo}@{self.commit} ({self.local_path})"
 
 
 def snapshot_commit(local_path: Path) -> str | None:
@@ -68,7 +67,10 @@ def download(
             raise InputError(
                 f"{config_key}: hub repository {repo_id!r} at revision {revision!r} not found ({type(err).__name__})"
             ) from None
-        return HubFile(repo_id, path_in_repo, revision, snapshot_commit(local), local)
+        commit = snapshot_commit(local)
+        if commit is None:
+            raise InputError(f"{config_key}: {local} is not in a hub cache snapshot, so its commit is unknown")
+        return HubFile(repo_id, path_in_repo, revision, commit, local)
     offline = " HF_HUB_OFFLINE is set, so only the local hub cache was searched." if constants.is_offline_mode() else ""
     tried = "; ".join(problems)
     raise InputError(f"{config_key}: {repo_id}@{revision} has none of the expected files ({tried}).{offline}")

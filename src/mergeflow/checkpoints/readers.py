@@ -2,21 +2,22 @@
 
 Pickle policy: PyTorch files are read with `weights_only=True`, which only rebuilds tensors and containers.
 A file holding pickled Python objects (the original task_vectors release saves whole `ImageEncoder` modules)
-is unpickled only when the caller passes `allow_pickle=True` (config key `finetuned.allow_pickle`), because
-unpickling runs code named by the file.
+is unpickled only when the caller passes `allow_pickle=True` (config key `finetuned.allow_pickle`), and then
+by `checkpoints.module_pickle`'s restricted Unpickler, which turns module classes into inert stand-ins and
+refuses every other global the file names.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mergeflow.checkpoints.module_pickle import PickledObject, module_state_dict, restricted_pickle
 from mergeflow.io import InputError
 from mergeflow.types import StateDict
 
@@ -61,7 +62,7 @@ def _read_safetensors(path: Path, label: str) -> StateDict:
 
 
 def _torch_load(path: Path, *, allow_pickle: bool, label: str) -> tuple[Any, str]:
-    """Load with weights_only=True; fall back to full unpickling only when the caller allowed it."""
+    """Load with weights_only=True; fall back to the restricted unpickler only when the caller allowed it."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True), "weights_only"
     except pickle.UnpicklingError as err:
@@ -72,46 +73,27 @@ def _torch_load(path: Path, *, allow_pickle: bool, label: str) -> tuple[Any, str
     if not allow_pickle:
         raise InputError(
             f"{label}: the file holds pickled Python objects (e.g. a whole nn.Module), not only tensors. "
-            f"Unpickling runs code from the file; if you trust this source, set `allow_pickle: true` in the "
-            f"finetuned config block ({ALLOW_PICKLE_KEY})."
+            f"It is read only with `allow_pickle: true` in the finetuned config block ({ALLOW_PICKLE_KEY}), "
+            "and then with module classes replaced by inert stand-ins and any other object refused."
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_lenient_pickle()), "pickle"
+        loaded = torch.load(path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle(label))
+    except InputError:
+        raise
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError) as err:
         raise InputError(f"{label}: could not unpickle the checkpoint ({type(err).__name__}: {err})") from None
-
-
-def _lenient_pickle() -> types.ModuleType:
-    """`pickle` whose Unpickler replaces classes that cannot be imported by empty nn.Module stand-ins.
-
-    A pickled module names its classes by import path (task_vectors: `src.modeling.ImageEncoder`; old open_clip
-    or torch classes that have since moved). The parameters live in the generic nn.Module state
-    (`_parameters`, `_buffers`, `_modules`), so a stand-in restores them and `state_dict()` works.
-    """
-
-    class Unpickler(pickle.Unpickler):
-        def find_class(self, module: str, name: str) -> Any:
-            try:
-                return super().find_class(module, name)
-            except (ImportError, AttributeError):
-                return type(name, (torch.nn.Module,), {"__module__": module, "__qualname__": name})
-
-    lenient = types.ModuleType("mergeflow_lenient_pickle")
-    lenient.__dict__.update({key: getattr(pickle, key) for key in dir(pickle) if not key.startswith("__")})
-    lenient.Unpickler = Unpickler  # type: ignore[attr-defined]
-    lenient.load = lambda file, **kwargs: Unpickler(file, **kwargs).load()  # type: ignore[attr-defined]
-    return lenient
+    return loaded, "pickle"
 
 
 def as_state_dict(obj: Any, label: str) -> StateDict:
-    """Tensors of a loaded object: a module's state_dict, a mapping's tensor values, or a wrapped state dict."""
-    if isinstance(obj, torch.nn.Module):
-        return dict(obj.state_dict())
+    """Tensors of a loaded object: a pickled module's state dict, a mapping's tensor values, or a wrapped one."""
+    if isinstance(obj, PickledObject):
+        return module_state_dict(obj, label)
     if isinstance(obj, Mapping):
         tensors = {str(key): value for key, value in obj.items() if isinstance(value, torch.Tensor)}
         if tensors:
             return tensors
         for key in _WRAPPER_KEYS:
-            if isinstance(obj.get(key), Mapping | torch.nn.Module):
+            if isinstance(obj.get(key), Mapping | PickledObject):
                 return as_state_dict(obj[key], label)
     raise InputError(f"{label}: holds a {type(obj).__name__} with no tensors, not a state dict or module")

@@ -2,12 +2,14 @@
 
 Config blocks (the keys each source accepts; anything else is an error so that typos do not pass silently):
     {"source": "tall_masks", "revision": "main", "repo_id": "nik-dim/tall_masks", "allow_pickle": false}
+    {"source": "task_vectors", "directory": "...", "allow_pickle": true}
     {"source": "cart_authors", "revision": "main", "repo_id": "JH-C-k/ViT-B-32",
-     "pattern": "{task}Val/nonlinear_finetuned.pt" (or a list tried in order), "key_prefix": "model.visual."}
+     "pattern": "{model}/{task}Val/nonlinear_finetuned.pt" (or a list tried in order), "key_prefix": "model.visual."}
     {"source": "fusionbench", "revision": "main"}
     {"source": "local", "directory": "...", "pattern": "{task}.safetensors", "key_prefix": null}
     {"source": "url", "urls": {"DTD": {"url": "https://...", "sha256": "<64 hex>"}}, "key_prefix": null}
-`allow_pickle` is accepted by every source; `key_prefix: null` means "recognise the layout".
+`allow_pickle` is accepted by every source (task_vectors requires it); `key_prefix: null` means "recognise the
+layout". A hub source without `revision` asks for `tables.default_revision(repo_id)`.
 """
 
 from __future__ import annotations
@@ -117,15 +119,54 @@ def _hub_located(
     return Located(found.local_path, found.label, layout, key_prefix, provenance, caveat)
 
 
+def _revision(options: Options, repo_id: str) -> str:
+    return options.text("revision") or tables.default_revision(repo_id)
+
+
 def locate_tall_masks(options: Options, model: str, task: str, cache_dir: str | None, progress: bool) -> Located:
     """`nik-dim/tall_masks`: single_task/<model>/<Task>Val/nonlinear_finetuned.pt, keys `model.visual.*`."""
     model_dirs = _lookup(tables.TALL_MASKS_MODEL_DIRS, model, "model", "tall_masks")
     task_dir = _lookup(tables.TALL_MASKS_TASK_DIRS, task, "task", "tall_masks")
     candidates = [tables.TALL_MASKS_PATTERN.format(model_dir=d, task_dir=task_dir) for d in model_dirs]
-    repo_id = options.text("repo_id", tables.TALL_MASKS_REPO)
-    revision = options.text("revision", "main")
+    repo_id = str(options.text("repo_id", tables.TALL_MASKS_REPO))
+    revision = _revision(options, repo_id)
     found = hub.download(repo_id, candidates, revision=revision, cache_dir=cache_dir, config_key=CONFIG_ROOT)
     return _hub_located("tall_masks", found, "open_clip", tables.IMAGE_ENCODER_PREFIX)
+
+
+def _first_file(directory: Path, patterns: Sequence[str], model: str, task: str) -> Path | None:
+    for pattern in patterns:
+        path = directory / pattern.format(model=model, task=task)
+        if path.is_file():
+            return path
+    return None
+
+
+def locate_task_vectors(options: Options, model: str, task: str, cache_dir: str | None, progress: bool) -> Located:
+    """The task_vectors release as downloaded from its Drive folder: pickled whole ImageEncoder modules."""
+    _lookup(dict.fromkeys(tables.TASK_VECTORS_MODELS), model, "model", "task_vectors")
+    _lookup(dict.fromkeys(tables.TASK_VECTORS_TASKS), task, "task", "task_vectors")
+    if not options.flag("allow_pickle"):
+        raise InputError(
+            f"{Options.key('allow_pickle')}: source 'task_vectors' serves whole ImageEncoder modules pickled with "
+            "torch.save; set `allow_pickle: true` to read them (module classes become inert stand-ins, nothing "
+            "else in the file is accepted)"
+        )
+    directory = Path(str(options.text("directory", required=True)))
+    path = _first_file(directory, tables.TASK_VECTORS_PATTERNS, model, task)
+    if path is None:
+        tried = [str(directory / p.format(model=model, task=task)) for p in tables.TASK_VECTORS_PATTERNS]
+        raise InputError(f"{Options.key('directory')}: none of {tried} exists (download {tables.TASK_VECTORS_DRIVE})")
+    provenance: dict[str, Any] = {
+        "source": "task_vectors",
+        "origin": tables.TASK_VECTORS_DRIVE,
+        "local_path": str(path.resolve()),
+        "source_sha256": sha256_file(path),
+    }
+    zeroshot = _first_file(directory, tables.TASK_VECTORS_ZEROSHOT, model, task)
+    if zeroshot is not None:
+        provenance |= {"zeroshot_path": str(zeroshot.resolve()), "zeroshot_sha256": sha256_file(zeroshot)}
+    return Located(path, str(path), "open_clip", tables.IMAGE_ENCODER_PREFIX, provenance)
 
 
 def locate_cart_authors(options: Options, model: str, task: str, cache_dir: str | None, progress: bool) -> Located:
@@ -134,7 +175,7 @@ def locate_cart_authors(options: Options, model: str, task: str, cache_dir: str 
     repo_id = options.text("repo_id") or _lookup(tables.CART_REPOS, model, "model", "cart_authors")
     key = Options.key("pattern")
     candidates = [_format(p, key, task=task, model=model) for p in options.patterns("pattern", tables.CART_PATTERNS)]
-    revision = options.text("revision", "main")
+    revision = _revision(options, repo_id)
     found = hub.download(repo_id, candidates, revision=revision, cache_dir=cache_dir, config_key=CONFIG_ROOT)
     return _hub_located("cart_authors", found, "open_clip", options.text("key_prefix", tables.IMAGE_ENCODER_PREFIX))
 
@@ -158,7 +199,7 @@ def locate_fusionbench(options: Options, model: str, task: str, cache_dir: str |
     hf_model = _lookup(tables.FUSIONBENCH_MODELS, model, "model", "fusionbench")
     slug = _lookup(tables.FUSIONBENCH_SLUGS, task, "task", "fusionbench")
     repo_id = tables.FUSIONBENCH_REPO.format(hf_model=hf_model, slug=slug)
-    revision = options.text("revision", "main")
+    revision = _revision(options, repo_id)
     config_file = hub.download(
         repo_id, [tables.FUSIONBENCH_CONFIG], revision=revision, cache_dir=cache_dir, config_key=CONFIG_ROOT
     )
@@ -215,6 +256,7 @@ def locate_url(options: Options, model: str, task: str, cache_dir: str | None, p
 
 _ADAPTERS: dict[str, Adapter] = {
     "tall_masks": locate_tall_masks,
+    "task_vectors": locate_task_vectors,
     "cart_authors": locate_cart_authors,
     "fusionbench": locate_fusionbench,
     "local": locate_local,

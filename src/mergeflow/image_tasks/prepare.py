@@ -19,17 +19,26 @@ from typing import Any
 
 import numpy as np
 
-from mergeflow.data import TaskClasses, classes_path, save_classes, train_val_indices
+from mergeflow.data import TaskClasses, classes_path, save_classes
 from mergeflow.image_tasks import hub
 from mergeflow.image_tasks.images import to_array_or_error
 from mergeflow.image_tasks.labels import LabelMap, build_label_map
-from mergeflow.image_tasks.readers import SplitReader, parquet_split, torchvision_split, webdataset_split
+from mergeflow.image_tasks.provenance import DATA_SOURCES, resolve_data_source
+from mergeflow.image_tasks.readers import (
+    SplitReader,
+    folder_split,
+    parquet_split,
+    torchvision_split,
+    webdataset_split,
+)
 from mergeflow.image_tasks.registry import ROLES, HubSource, ImageTask, get_task
+from mergeflow.image_tasks.val_split import experts_train_val_indices
 from mergeflow.io import InputError, atomic_path
 
 log = logging.getLogger("mergeflow.image_tasks")
 
-SOURCES = ("huggingface", "torchvision")
+# "experts": per task, the source that lists the training set in the experts' order (mergeflow.image_tasks.provenance).
+SOURCES = (*DATA_SOURCES, "experts")
 
 
 # ------------------------------------------------------------------------------------------------ open splits
@@ -67,7 +76,7 @@ def open_hub_splits(
             reader = parquet_split(files, source, where)
             names = reader.label_names or names_from_repo or source.label_names
             readers[role] = dataclasses.replace(reader, label_names=names)
-    return readers
+    return {role: dataclasses.replace(reader, commit=commit) for role, reader in readers.items()}
 
 
 def open_splits(
@@ -80,18 +89,22 @@ def open_splits(
 ) -> dict[str, SplitReader]:
     if source == "huggingface":
         return open_hub_splits(task.hub, revision=revision, cache_dir=cache_dir)
-    if source == "torchvision":
-        if task.torchvision is None:
-            raise InputError(f"task {task.name!r} has no torchvision source (its download is missing or dead)")
+    if source in ("torchvision", "folder"):
+        spec = task.torchvision if source == "torchvision" else task.folder
+        if spec is None:
+            having = "a torchvision class that can read it" if source == "torchvision" else "an image-folder layout"
+            raise InputError(f"task {task.name!r} has no {source} source ({having} is recorded only for other tasks)")
         if root is None:
-            raise InputError("source='torchvision' needs root=<directory the torchvision dataset is downloaded to>")
-        return {role: torchvision_split(task.torchvision, role, root) for role in ROLES}
+            raise InputError(f"source={source!r} needs root=<directory holding the {source} data> (data.root)")
+        if source == "torchvision":
+            return {role: torchvision_split(spec, role, root) for role in ROLES}
+        return {role: folder_split(spec, role, root) for role in spec.splits}
     raise InputError(f"source={source!r}: expected one of {SOURCES}")
 
 
 def label_maps(task: ImageTask, source: str, readers: dict[str, SplitReader]) -> dict[str, LabelMap]:
     unused = task.torchvision.unused_names if source == "torchvision" and task.torchvision else frozenset()
-    column = task.hub.label_column if source == "huggingface" else "target"
+    column = {"huggingface": task.hub.label_column, "folder": "class folder"}.get(source, "target")
     return {
         role: build_label_map(
             reader.label_names,
@@ -123,27 +136,36 @@ class _SplitWriter:
             np.save(handle, self.labels, allow_pickle=False)
 
 
+SKIP = -1  # route of a source row that no prepared split keeps (training rows when no job fine-tunes)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Destination:
-    """Where each source row of a split goes: writers[route[row]] at position[row] (source order is kept)."""
+    """Where each source row of a split goes: writers[route[row]] at position[row], or nowhere (route SKIP)."""
 
     writers: tuple[_SplitWriter, ...]
     route: np.ndarray
     position: np.ndarray
 
     @classmethod
-    def train_val(cls, train: _SplitWriter, val: _SplitWriter, n_rows: int, val_seed: int) -> _Destination:
-        train_idx, val_idx = train_val_indices(n_rows, seed=val_seed)
-        route = np.zeros(n_rows, dtype=np.int8)
-        route[val_idx] = 1
+    def train_val(cls, train: _SplitWriter | None, val: _SplitWriter, n_rows: int, val_seed: int) -> _Destination:
+        """Val is the experts' random_split of the base training set; train the rest, or skipped without a writer."""
+        train_idx, val_idx = experts_train_val_indices(n_rows, seed=val_seed)
+        route = np.full(n_rows, SKIP, dtype=np.int8)
+        route[val_idx] = 0
         position = np.empty(n_rows, dtype=np.int64)
-        position[train_idx] = np.arange(len(train_idx))
         position[val_idx] = np.arange(len(val_idx))
-        return cls((train, val), route, position)
+        writers: tuple[_SplitWriter, ...] = (val,)
+        if train is not None:
+            route[train_idx] = 1
+            position[train_idx] = np.arange(len(train_idx))
+            writers = (val, train)
+        return cls(writers, route, position)
 
     @classmethod
-    def whole(cls, writer: _SplitWriter, n_rows: int) -> _Destination:
-        return cls((writer,), np.zeros(n_rows, dtype=np.int8), np.arange(n_rows, dtype=np.int64))
+    def whole(cls, writer: _SplitWriter | None, n_rows: int) -> _Destination:
+        route = np.full(n_rows, 0 if writer is not None else SKIP, dtype=np.int8)
+        return cls((writer,) if writer is not None else (), route, np.arange(n_rows, dtype=np.int64))
 
 
 Mapper = Callable[[Callable[[Any], Any], Sequence[Any]], Iterable[Any]]
@@ -158,8 +180,9 @@ def _fill(
         if row + len(payloads) > reader.num_rows:
             raise InputError(f"{reader.where}: more rows than the {reader.num_rows} its metadata declares")
         mapped = labels.apply(source_labels, row, reader.locate)
-        results = mapper(to_array_or_error, [(payload, size) for payload in payloads])
-        for k, result in enumerate(results):
+        kept = [k for k in range(len(payloads)) if to.route[row + k] != SKIP]
+        results = mapper(to_array_or_error, [(payloads[k], size) for k in kept])
+        for k, result in zip(kept, results, strict=True):
             if isinstance(result, str):
                 raise InputError(f"{reader.where}, {reader.locate(row + k)}: {result}")
             writer, at = to.writers[to.route[row + k]], to.position[row + k]
@@ -198,19 +221,25 @@ def prepare_image_task(
     root: str | os.PathLike[str] | None = None,
     workers: int = 1,
     batch_rows: int = 256,
+    with_train: bool = True,
 ) -> dict[str, int]:
     """Download `task` and store it as `mergeflow.data` expects; returns the number of examples per split.
 
     source "huggingface": the registry's Hugging Face dataset repo at `revision`, through the hub cache at `cache_dir`
-    (HF_HUB_OFFLINE=1 resolves from the cache only). source "torchvision": `torchvision.datasets` with
-    `download=True` into `root`. Val is `train_val_indices(n_train, seed=val_seed)` of the source training split,
-    train the rest, both in source order. `workers` > 1 decodes in that many spawned processes (the calling
-    program's main module must be importable, as for any spawn pool); memory stays bounded by `batch_rows`
-    encoded images at a time.
+    (HF_HUB_OFFLINE=1 resolves from the cache only). "torchvision": `torchvision.datasets` with `download=True`
+    into `root` (Stanford Cars: files placed there by hand). "folder": the experts' image folders under `root`.
+    "experts": per task, whichever of those lists the training set in the experts' order
+    (`mergeflow.image_tasks.provenance`). Val is the experts' own val folder where their code has one (EuroSAT),
+    else `random_split`'s held-out part of the source training split (`mergeflow.image_tasks.val_split`, seeded by
+    `val_seed`, 0 as theirs); train is the rest, written only `with_train` (only fine-tuning reads it).
+    `workers` > 1 decodes in that many spawned processes (the calling program's main module must be importable,
+    as for any spawn pool); memory stays bounded by `batch_rows` encoded images at a time. `classnames.json`
+    records where the data came from.
     """
     spec = get_task(task, emnist_split=emnist_split)
     if image_size < 1 or batch_rows < 1:
         raise InputError(f"image_size={image_size}, batch_rows={batch_rows}: both must be positive")
+    source = resolve_data_source(spec.name, source)
     readers = open_splits(spec, source, revision=revision, cache_dir=cache_dir, root=root)
     for reader in readers.values():
         if reader.num_rows == 0:
@@ -219,42 +248,80 @@ def prepare_image_task(
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
     classes_path(directory).unlink(missing_ok=True)
-    counts = _write_splits(directory, spec.name, readers, maps, image_size, val_seed, workers, batch_rows, progress)
-    save_classes(directory, spec.name, TaskClasses(spec.classnames, spec.templates))
+    plan = _WritePlan(spec.name, image_size, val_seed, with_train, workers, batch_rows, progress)
+    counts = _write_splits(directory, readers, maps, plan)
+    record = {
+        "source": source,
+        "where": {role: reader.where for role, reader in readers.items()},
+        "val": "own val split" if "val" in readers else f"random_split, seed {val_seed}",
+        "counts": counts,
+        **_source_version(spec, source, revision, readers["train"].commit, root),
+    }
+    save_classes(directory, spec.name, TaskClasses(spec.classnames, spec.templates), data=record)
     log.info("%s: wrote %s to %s", spec.name, counts, directory)
     return counts
 
 
+def _source_version(
+    spec: ImageTask, source: str, revision: str, commit: str | None, root: str | os.PathLike[str] | None
+) -> dict[str, str]:
+    if source == "huggingface":
+        return {"repo_id": spec.hub.repo_id, "revision": revision, "commit": str(commit)}
+    import torchvision
+
+    return {"root": str(Path(str(root)).resolve()), "torchvision": torchvision.__version__}
+
+
+@dataclasses.dataclass(frozen=True)
+class _WritePlan:
+    name: str
+    size: int
+    val_seed: int
+    with_train: bool
+    workers: int
+    batch_rows: int
+    progress: bool
+
+
 def _write_splits(
-    directory: Path,
-    name: str,
-    readers: dict[str, SplitReader],
-    maps: dict[str, LabelMap],
-    size: int,
-    val_seed: int,
-    workers: int,
-    batch_rows: int,
-    progress: bool,
+    directory: Path, readers: dict[str, SplitReader], maps: dict[str, LabelMap], plan: _WritePlan
 ) -> dict[str, int]:
-    """All three `*.npy` pairs, renamed into place only once every row has been written."""
+    """The `*.npy` pairs, renamed into place only once every row has been written; a stale train pair is removed."""
     from tqdm import tqdm
 
     n_source, n_test = readers["train"].num_rows, readers["test"].num_rows
-    n_val = len(train_val_indices(n_source, seed=val_seed)[1])
-    counts = {"train": n_source - n_val, "val": n_val, "test": n_test}
-    log.info("%s: %d source training rows -> %s", name, n_source, counts)
+    own_val = "val" in readers
+    n_val = readers["val"].num_rows if own_val else len(experts_train_val_indices(n_source, seed=plan.val_seed)[1])
+    counts = {"train": n_source if own_val else n_source - n_val, "val": n_val, "test": n_test}
+    if not plan.with_train:
+        del counts["train"]
+        for stale in (directory / "train_images.npy", directory / "train_labels.npy"):
+            stale.unlink(missing_ok=True)
+    log.info("%s: %d source training rows -> %s", plan.name, n_source, counts)
     with contextlib.ExitStack() as stack:
-        writers = {split: _SplitWriter(stack, directory, split, rows, size) for split, rows in counts.items()}
-        mapper = stack.enter_context(_mapper(workers))
-        plan = {
-            "train": _Destination.train_val(writers["train"], writers["val"], n_source, val_seed),
-            "test": _Destination.whole(writers["test"], n_test),
-        }
-        for role, destination in plan.items():
+        writers = {split: _SplitWriter(stack, directory, split, rows, plan.size) for split, rows in counts.items()}
+        mapper = stack.enter_context(_mapper(plan.workers))
+        if own_val:
+            destinations = {
+                "train": _Destination.whole(writers.get("train"), n_source),
+                "val": _Destination.whole(writers["val"], n_val),
+            }
+        else:
+            destinations = {
+                "train": _Destination.train_val(writers.get("train"), writers["val"], n_source, plan.val_seed)
+            }
+        destinations["test"] = _Destination.whole(writers["test"], n_test)
+        for role, destination in destinations.items():
+            if not destination.writers:
+                continue
             reader = readers[role]
-            bar = tqdm(total=reader.num_rows, desc=f"{name} {role}", unit="img", mininterval=5, disable=not progress)
+            bar = tqdm(
+                total=reader.num_rows, desc=f"{plan.name} {role}", unit="img", mininterval=5, disable=not plan.progress
+            )
             with bar:
-                _fill(reader, maps[role], destination, size=size, mapper=mapper, batch_rows=batch_rows, bar=bar)
+                _fill(
+                    reader, maps[role], destination, size=plan.size, mapper=mapper, batch_rows=plan.batch_rows, bar=bar
+                )
         for writer in writers.values():
             writer.finish()
     return counts

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mergeflow.image_tasks.hub import schema_label_names
-from mergeflow.image_tasks.registry import HubSource, TorchvisionSource
+from mergeflow.image_tasks.registry import FolderSource, HubSource, TorchvisionSource
 from mergeflow.io import InputError
 
 Payload = Any  # encoded bytes, a PIL image or a uint8 array
@@ -31,6 +31,7 @@ class SplitReader:
     label_names: tuple[str, ...] | None
     batches: Callable[[int], Iterator[Batch]]
     locate: Callable[[int], str]
+    commit: str | None = None  # hub sources: the commit the revision resolved to
 
 
 def _locator(files: Sequence[Path], counts: Sequence[int]) -> Callable[[int], str]:
@@ -214,9 +215,10 @@ def torchvision_split(spec: TorchvisionSource, role: str, root: str | Path) -> S
     where = f"torchvision.datasets.{spec.dataset}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) in {root}"
     factory = getattr(torchvision.datasets, spec.dataset)
     try:
-        dataset = factory(root=str(root), download=True, **kwargs)
+        dataset = factory(root=str(root), download=spec.download, **kwargs)
     except (RuntimeError, OSError, ValueError) as err:
-        raise InputError(f"{where}: could not download or open the dataset ({type(err).__name__}: {err})") from err
+        action = "download or open" if spec.download else "open (its files must be placed under root by hand)"
+        raise InputError(f"{where}: could not {action} the dataset ({type(err).__name__}: {err})") from err
     names = spec.label_names or getattr(dataset, "classes", None)
     size = len(dataset)
 
@@ -229,3 +231,48 @@ def torchvision_split(spec: TorchvisionSource, role: str, root: str | Path) -> S
             yield [image for image, _ in items], np.asarray([int(label) for _, label in items], dtype=np.int64)
 
     return SplitReader(where, size, tuple(names) if names is not None else None, batches, locate)
+
+
+# ----------------------------------------------------------------------------------------------------- folders
+
+
+def _listed_names(path: Path, where: str) -> frozenset[str]:
+    try:
+        return frozenset(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{where}: cannot read the split list {path} ({err})") from None
+
+
+def folder_split(spec: FolderSource, role: str, root: str | Path) -> SplitReader:
+    """One role of a folder source, in `ImageFolder`'s order: torchvision's own `find_classes` and `make_dataset`."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    directory = Path(root) / spec.splits[role]
+    where = f"image folder {directory}"
+    if not directory.is_dir():
+        raise InputError(f"{where}: not a directory (data.root must hold the experts' data_location layout)")
+    listed = None
+    if role in spec.file_lists:
+        listed = _listed_names(Path(root) / spec.file_lists[role], where)
+        where += f" filtered by {spec.file_lists[role]}"
+    try:
+        folders, class_to_idx = find_classes(str(directory))
+        samples = make_dataset(
+            str(directory),
+            class_to_idx,
+            extensions=None if listed is not None else IMG_EXTENSIONS,
+            is_valid_file=None if listed is None else (lambda path: Path(path).name in listed),
+        )
+    except (FileNotFoundError, OSError) as err:
+        raise InputError(f"{where}: {err}") from None
+    names = tuple(folder[spec.strip_prefix :].replace("_", " ") for folder in folders)
+
+    def locate(row: int) -> str:
+        return f"row {row} ({samples[row][0]})"
+
+    def batches(batch_rows: int) -> Iterator[Batch]:
+        for start in range(0, len(samples), batch_rows):
+            chunk = samples[start : start + batch_rows]
+            yield [Path(path).read_bytes() for path, _ in chunk], np.asarray([t for _, t in chunk], dtype=np.int64)
+
+    return SplitReader(where, len(samples), names, batches, locate)

@@ -60,6 +60,25 @@ class TorchvisionSource:
     unused_names: frozenset[str] = frozenset()
     # Class names in label order, replacing the dataset's `classes` where those are not plain names.
     label_names: tuple[str, ...] | None = None
+    # False where torchvision can no longer download the files (Stanford Cars): they must already be under root.
+    download: bool = True
+
+
+@dataclass(frozen=True)
+class FolderSource:
+    """Image folders under the experts' `data_location`, read as `torchvision.datasets.ImageFolder` reads them.
+
+    DTD, EuroSAT, SUN397 and RESISC45 were prepared as folders by hand for the task_vectors / TALL-masks / CART code
+    (task_vectors issue #1; JH-GEECS/CART src/dataset/split_generator.py); the experts' base order is ImageFolder's:
+    class folders sorted by name, files sorted within each.
+    """
+
+    # role ("train", "test", and "val" where the experts' code has its own val folder) -> folder under the root.
+    splits: Mapping[str, str]
+    # Characters dropped from the front of a folder name before "_" becomes " " (SUN397's "a_abbey" -> "abbey").
+    strip_prefix: int = 0
+    # role -> a file under the root listing the base names of that role's images (RESISC45's split lists).
+    file_lists: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -69,6 +88,9 @@ class ImageTask:
     templates: tuple[str, ...]
     hub: HubSource
     torchvision: TorchvisionSource | None = None
+    folder: FolderSource | None = None
+    # The class texts exactly as the experts' code formats them, where they differ from our readable ones.
+    experts_classnames: tuple[str, ...] | None = None
     # Other spellings of our class names used by sources: source name -> our class name.
     aliases: Mapping[str, str] = field(default_factory=dict)
 
@@ -133,11 +155,36 @@ _PCAM_NAMES = ("lymph node", "lymph node containing metastatic tumor tissue")
 # Facts per task. Hub ids follow FusionBench's configs (tanganke/fusion_bench, config/dataset/image_classification)
 # except where noted; file layouts and column names were checked against the repos' file trees and dataset cards.
 _SOURCES: dict[str, dict[str, Any]] = {
-    "SUN397": {"hub": _hub("tanganke/sun397")},
-    # torchvision's Stanford Cars download is dead: hub only.
-    "Cars": {"hub": _hub("tanganke/stanford_cars")},
-    "RESISC45": {"hub": _hub("tanganke/resisc45")},
-    "EuroSAT": {"hub": _hub("tanganke/eurosat"), "aliases": _EUROSAT_FOLDERS},
+    # Folder sources: the experts' `data_location` layout (src/datasets/{sun397,dtd,eurosat,resisc45}.py in
+    # nik-dim/tall_masks @d10af8b). SUN397's folders are the category paths flattened with "_" ("a_abbey").
+    "SUN397": {
+        "hub": _hub("tanganke/sun397"),
+        "folder": FolderSource({"train": "sun397/train", "test": "sun397/val"}, strip_prefix=2),
+    },
+    # torchvision's Stanford Cars download is dead; its reader still opens files placed under root by hand, in the
+    # order of devkit/cars_train_annos.mat, as the experts' copy of it (src/datasets/cars.py) does.
+    "Cars": {
+        "hub": _hub("tanganke/stanford_cars"),
+        "torchvision": TorchvisionSource(
+            "StanfordCars", {"train": {"split": "train"}, "test": {"split": "test"}}, download=False
+        ),
+    },
+    # The experts' RESISC45 is an ImageFolder over all images, filtered by the resisc45-{train,test}.txt lists.
+    "RESISC45": {
+        "hub": _hub("tanganke/resisc45"),
+        "folder": FolderSource(
+            {"train": "resisc45/NWPU-RESISC45", "test": "resisc45/NWPU-RESISC45"},
+            file_lists={"train": "resisc45/resisc45-train.txt", "test": "resisc45/resisc45-test.txt"},
+        ),
+    },
+    # EuroSAT is the one task whose experts' code has a val folder of its own (EuroSATVal in eurosat.py).
+    "EuroSAT": {
+        "hub": _hub("tanganke/eurosat"),
+        "folder": FolderSource(
+            {"train": "EuroSAT_splits/train", "val": "EuroSAT_splits/val", "test": "EuroSAT_splits/test"}
+        ),
+        "aliases": _EUROSAT_FOLDERS,
+    },
     # The `cropped_digits` config (the other, `full_numbers`, is a detection set).
     "SVHN": {
         "hub": _hub("ufldl-stanford/svhn", "cropped_digits/", config="cropped_digits"),
@@ -149,7 +196,9 @@ _SOURCES: dict[str, dict[str, Any]] = {
         "hub": _hub("ylecun/mnist", "mnist/", config="mnist"),
         "torchvision": TorchvisionSource("MNIST", _TRAIN_FLAG, label_names=tuple("0123456789")),
     },
-    "DTD": {"hub": _hub("tanganke/dtd")},
+    # The experts' dtd/train holds DTD's train1 + val1 and dtd/val its test1 (task_vectors issue #1; the re-released
+    # TALL-masks DTD expert has 376 val images, so N = 3,760).
+    "DTD": {"hub": _hub("tanganke/dtd"), "folder": FolderSource({"train": "dtd/train", "test": "dtd/val"})},
     # uoft-cs/cifar100: columns `img`, `fine_label` (and `coarse_label`, unused).
     "CIFAR100": {
         "hub": _hub("uoft-cs/cifar100", "cifar100/", config="cifar100", image_column="img", label_column="fine_label"),
@@ -231,6 +280,8 @@ def _build(key: str) -> ImageTask:
         templates=tuple(entry["templates"]),
         hub=facts["hub"],
         torchvision=facts.get("torchvision"),
+        folder=facts.get("folder"),
+        experts_classnames=tuple(entry["experts_classnames"]) if "experts_classnames" in entry else None,
         aliases=dict(facts.get("aliases", {})),
     )
 
@@ -252,14 +303,15 @@ def get_task(name: str, *, emnist_split: str = "digits") -> ImageTask:
 
 def task_source(
     name: str, source: str = "huggingface", *, emnist_split: str = "digits"
-) -> HubSource | TorchvisionSource:
-    """Where task `name` comes from: "huggingface" (every task) or "torchvision" (tasks with a working download)."""
+) -> HubSource | TorchvisionSource | FolderSource:
+    """Where task `name` comes from: "huggingface" (every task), "torchvision" or "folder" (tasks that have one)."""
     task = get_task(name, emnist_split=emnist_split)
     if source == "huggingface":
         return task.hub
-    if source == "torchvision":
-        if task.torchvision is None:
-            available = [n for n, t in TASKS.items() if t.torchvision is not None]
-            raise InputError(f"task {name!r} has no torchvision source; tasks with one: {available}")
-        return task.torchvision
-    raise InputError(f"source={source!r}: expected 'huggingface' or 'torchvision'")
+    if source in ("torchvision", "folder"):
+        found = task.torchvision if source == "torchvision" else task.folder
+        if found is None:
+            having = [n for n, t in TASKS.items() if (t.torchvision if source == "torchvision" else t.folder)]
+            raise InputError(f"task {name!r} has no {source} source; tasks with one: {having}")
+        return found
+    raise InputError(f"source={source!r}: expected 'huggingface', 'torchvision' or 'folder'")

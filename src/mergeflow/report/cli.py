@@ -1,6 +1,7 @@
 """Report verbs: tables and figures from the evaluation CSVs, the SVD factors and the suites' tables.
 
-- `mergeflow aggregate`: main table (csv, md, tex) with the published column, rank-sweep and per-task figures;
+- `mergeflow aggregate`: main table (csv, md, tex) with the published column and bootstrap intervals, rank-sweep
+  and per-task figures;
 - `mergeflow lambda-rank`: λ × rank heatmap of a rank-sweep method's validation accuracy;
 - `mergeflow adaptation`: learned coefficients per block and task (and AdaRank's kept rank) of an adaptive merge;
 - `mergeflow spectrum`: energy, reconstruction error and interference of centered vs original task vectors;
@@ -39,12 +40,20 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "aggregate",
         help="write the main table (csv, md, tex) and the rank-sweep and per-task figures (png, pdf)",
-        description="Build the main results table, with published averages where they apply, the rank-sweep "
-        "figure and the per-task accuracy bars from evaluation CSVs.",
+        description="Build the main results table, with published averages where they apply and bootstrap "
+        "intervals over test images, the rank-sweep figure and the per-task accuracy bars from evaluation CSVs.",
     )
     parser.add_argument("--reference", required=True, type=Path, help="reference.csv (zero-shot and individual)")
     parser.add_argument("--results", required=True, nargs="+", type=Path, help="one CSV per method, in table row order")
     parser.add_argument("--tasks", required=True, nargs="+", help="task names, in table column order")
+    parser.add_argument(
+        "--correct",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="per-image test correctness: reference.correct.safetensors and every method's "
+        "<method>.correct.safetensors; without them the bootstrap interval columns stay empty",
+    )
     parser.add_argument("--tables-dir", required=True, type=Path, help="where main.{csv,md,tex} go")
     parser.add_argument(
         "--figures-dir", required=True, type=Path, help="where rank_sweep.{png,pdf} and per_task.{png,pdf} go"
@@ -54,7 +63,29 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
         "--published",
         type=Path,
         default=None,
-        help="published averages (CSV: model, num_tasks, method, average_accuracy, source); default: mergeflow's own",
+        help="published averages (CSV: model, num_tasks, method, average_accuracy, experts, source); default: "
+        "mergeflow's own",
+    )
+    parser.add_argument(
+        "--finetuned-records",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="the experts' <task>.json records (mergeflow fetch-finetuned); a difference from a published number "
+        "is taken only when its experts are ours",
+    )
+    parser.add_argument(
+        "--data-dirs",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="the prepared task directories, in --tasks order: their data records mark tasks whose val split is "
+        "not exactly the experts' (and go to tables/tasks.csv)",
+    )
+    parser.add_argument(
+        "--experts",
+        default="finetune",
+        help="finetuned.source of the run: whose val split the data is judged against (default finetune: ours)",
     )
     parser.add_argument(
         "--published-model",
@@ -126,20 +157,48 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def run_aggregate(args: argparse.Namespace) -> int:
     # Imported here: pandas and matplotlib would slow every other `mergeflow` verb's start-up.
+    from mergeflow.io import atomic_path
+    from mergeflow.report.correctness import read_correctness_files
     from mergeflow.report.figures import plot_rank_sweep
     from mergeflow.report.per_task import plot_per_task
-    from mergeflow.report.published import load_published, packaged_published_path, published_averages
+    from mergeflow.report.provenance import APPROXIMATE_MARK, approximate_val, approximate_val_note, task_provenance
+    from mergeflow.report.published import (
+        experts_notes,
+        load_published,
+        packaged_published_path,
+        published_averages,
+        run_experts,
+    )
     from mergeflow.report.results import load_method_results, load_reference
-    from mergeflow.report.tables import main_table, markdown_table, published_sources, write_main_table
+    from mergeflow.report.tables import (
+        main_table,
+        mark_approximate_val,
+        markdown_table,
+        published_sources,
+        write_main_table,
+    )
 
     reference = load_reference(args.reference)
     results = load_method_results(args.results, tasks=args.tasks)
     published = load_published(args.published or packaged_published_path())
+    correctness = read_correctness_files(args.correct) if args.correct else None
+    experts = run_experts(args.finetuned_records)
+    provenance = task_provenance(args.tasks, args.data_dirs, args.experts) if args.data_dirs else None
     # Every input is checked before anything is written, so bad input writes nothing.
-    table = main_table(reference, results, args.tasks, published_averages(published, args.published_model, args.tasks))
+    numbers = published_averages(published, args.published_model, args.tasks, experts)
+    table = main_table(reference, results, args.tasks, numbers, correctness)
+    notes = experts_notes(numbers, experts, ["zeroshot", "individual", *dict.fromkeys(results["method"])])
+    if provenance is not None:
+        approximate = approximate_val(provenance)
+        mark_approximate_val(
+            table, list(approximate), APPROXIMATE_MARK, approximate_val_note(approximate, args.experts)
+        )
     plot_rank_sweep(reference, results, args.figures_dir / RANK_SWEEP_STEM, tasks=args.tasks, title=args.title)
     plot_per_task(table, args.figures_dir / PER_TASK_STEM, title=args.title)
-    write_main_table(table, args.tables_dir, title=args.title)
+    write_main_table(table, args.tables_dir, title=args.title, notes=notes)
+    if provenance is not None:
+        with atomic_path(args.tables_dir / "tasks.csv") as tmp:
+            provenance.to_csv(tmp, index=False, lineterminator="\n")
     print(markdown_table(table, "accuracy"), end="")
     sources = published_sources(table)
     print(f"published: {'; '.join(sources)}" if sources else "published: none for this model and task list")

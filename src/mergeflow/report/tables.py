@@ -4,6 +4,9 @@
 LaTeX renderings format exactly those numbers to one decimal, so every printed
 number is the CSV value rounded. Absolute-accuracy rows carry the published
 average (`mergeflow.report.published`) and our difference from it, where one applies.
+Given each row's per-image test correctness (`mergeflow.report.correctness`), every
+number also gets a 95% bootstrap interval over test images, and every row the paired
+difference of its average from CART's (`mergeflow.report.bootstrap`).
 """
 
 from __future__ import annotations
@@ -13,11 +16,21 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mergeflow.adaptive.settings import non_default_settings
 from mergeflow.io import InputError, atomic_path, write_text
 from mergeflow.method_entries import ADAPTIVE_METHODS, is_adaptive
+from mergeflow.report.bootstrap import (
+    CONFIDENCE,
+    DEFAULT_RESAMPLES,
+    DEFAULT_SEED,
+    BootstrapIntervals,
+    bootstrap_intervals,
+    resampled_accuracies,
+)
+from mergeflow.report.correctness import INDIVIDUAL_ROW, ZERO_SHOT_ROW, PerImageCorrectness
 from mergeflow.report.published import PublishedNumber, published_for
 from mergeflow.report.results import PathLike, source_of
 
@@ -38,8 +51,6 @@ METHOD_DISPLAY_NAMES = {
     "adamerging_cart": "AdaMerging + CART",
     "adarank": "AdaRank",
 }
-ZERO_SHOT_ROW = "zero-shot"
-INDIVIDUAL_ROW = "individual"
 METRIC_TITLES = {
     "accuracy": "Absolute accuracy (%), test split",
     "normalized_accuracy": "Normalized accuracy (%), test split",
@@ -51,6 +62,25 @@ DIFFERENCE_COLUMN = "difference"
 PUBLISHED_SOURCE_COLUMN = "published_source"
 # Columns after the task columns: ours, the published average, ours minus published, and where it is from.
 TRAILING_COLUMNS = (AVERAGE_COLUMN, PUBLISHED_COLUMN, DIFFERENCE_COLUMN, PUBLISHED_SOURCE_COLUMN)
+# The bounds of a number's 95% bootstrap interval: `<task>_ci_low`, `average_ci_high`, ...
+CI_LOW_SUFFIX = "_ci_low"
+CI_HIGH_SUFFIX = "_ci_high"
+# The row's average minus CART's (the `cart` entry), and the paired bootstrap interval of that difference.
+BASELINE_METHOD = "cart"
+CART_DIFFERENCE_COLUMN = "cart_difference"
+CART_DIFFERENCE_COLUMNS = (
+    CART_DIFFERENCE_COLUMN,
+    f"{CART_DIFFERENCE_COLUMN}{CI_LOW_SUFFIX}",
+    f"{CART_DIFFERENCE_COLUMN}{CI_HIGH_SUFFIX}",
+)
+CART_DIFFERENCE_HEADER = "vs CART"
+# main_table's frame.attrs entry: (resamples, seed) of its intervals, for the notes under the rendered tables.
+BOOTSTRAP_ATTR = "bootstrap"
+# frame.attrs entries set by `mark_approximate_val`: the marked task columns, and the note explaining the mark.
+APPROXIMATE_VAL_ATTR = "approximate_val"
+APPROXIMATE_VAL_NOTE_ATTR = "approximate_val_note"
+# Per-image correctness must give the CSV's accuracy: both are counts over the same images (float noise aside).
+_CORRECTNESS_TOLERANCE = 1e-9
 SETTING_HEADER = "hyper-parameters"
 # Reference rows are matched to published numbers under these method names.
 REFERENCE_METHODS = {"zero-shot": "zeroshot", "individual": "individual"}
@@ -85,6 +115,10 @@ def main_table(
     results: pd.DataFrame,
     tasks: Sequence[str],
     published: Mapping[str, PublishedNumber] | None = None,
+    correctness: PerImageCorrectness | None = None,
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
 ) -> pd.DataFrame:
     """Test-split accuracy of the zero-shot model, the individual models and every method's best setting.
 
@@ -94,12 +128,20 @@ def main_table(
     all in percent; then, on absolute-accuracy rows with a published number
     (`published`: method name → number, see `mergeflow.report.published`),
     `published`, `difference` (average − published) and `published_source`,
-    empty elsewhere. Methods appear in the order of their first row in `results`, the test-time
-    adaptive ones (`mergeflow.method_entries.ADAPTIVE_METHODS`) after all others.
+    empty elsewhere. Then the bounds `<task>_ci_low`, `<task>_ci_high`, ..., `average_ci_low`,
+    `average_ci_high` of each number's 95% bootstrap interval over test images, and `cart_difference`
+    (average − CART's average, same metric) with the bounds of its paired bootstrap interval; the
+    intervals need `correctness` (every row's per-image test correctness, rows named as the method
+    entries and `zeroshot` / `individual`) and are empty without it, the CART columns are empty when no
+    method is `cart`. `resamples` and `seed`: see `mergeflow.report.bootstrap`. Methods appear in the
+    order of their first row in `results`, the test-time adaptive ones
+    (`mergeflow.method_entries.ADAPTIVE_METHODS`) after all others.
     """
     task_list = _checked_tasks(tasks)
     numbers = published or {}
     zeroshot, individual = _reference_test_accuracies(reference, task_list)
+    keys = [ZERO_SHOT_ROW, INDIVIDUAL_ROW]
+    fractions = [zeroshot, individual]
     accuracy_rows = [
         _table_row("accuracy", row, "", accuracy, published_for(REFERENCE_METHODS[row], numbers))
         for row, accuracy in ((ZERO_SHOT_ROW, zeroshot), (INDIVIDUAL_ROW, individual))
@@ -115,9 +157,90 @@ def main_table(
         if is_adaptive(method):
             setting = json.dumps(non_default_settings(method, json.loads(setting)))
         name = display_name(method)
+        keys.append(method)
+        fractions.append(accuracy)
         accuracy_rows.append(_table_row("accuracy", name, setting, accuracy, published_for(method, numbers)))
         normalized_rows.append(_table_row("normalized_accuracy", name, setting, normalized, None))
-    return pd.DataFrame(accuracy_rows + normalized_rows, columns=[*LEADING_COLUMNS, *task_list, *TRAILING_COLUMNS])
+    baseline = keys.index(BASELINE_METHOD) if BASELINE_METHOD in keys else None
+    absolute, relative = (None, None)
+    if correctness is not None:
+        samples = resampled_accuracies(
+            _correctness_matrices(correctness, keys, task_list, np.array(fractions)), resamples, seed
+        )
+        absolute = bootstrap_intervals(100.0 * samples, baseline)
+        relative = bootstrap_intervals(100.0 * _over_individual(samples, keys.index(INDIVIDUAL_ROW)), baseline)
+    for rows, intervals in ((accuracy_rows, absolute), (normalized_rows, relative)):
+        averages = [row[len(LEADING_COLUMNS) + len(task_list)] for row in rows]
+        for index, row in enumerate(rows):
+            row += _interval_cells(intervals, index, len(task_list))
+            row += _difference_cells(intervals, index, averages, baseline)
+    columns = [*LEADING_COLUMNS, *task_list, *TRAILING_COLUMNS, *interval_columns(task_list), *CART_DIFFERENCE_COLUMNS]
+    table = pd.DataFrame(accuracy_rows + normalized_rows, columns=columns)
+    if correctness is not None:
+        table.attrs[BOOTSTRAP_ATTR] = (resamples, seed)
+    return table
+
+
+def interval_columns(tasks: Sequence[str]) -> list[str]:
+    """The interval bounds of every task and of the average, in table order: `<column>_ci_low`, `_ci_high`."""
+    return [f"{column}{suffix}" for column in [*tasks, AVERAGE_COLUMN] for suffix in (CI_LOW_SUFFIX, CI_HIGH_SUFFIX)]
+
+
+def _correctness_matrices(
+    correctness: PerImageCorrectness, keys: list[str], tasks: list[str], fractions: np.ndarray
+) -> list[np.ndarray]:
+    """Per task, the (images, rows) correctness of every table row, checked against the row's accuracy."""
+    missing = [key for key in keys if key not in correctness.rows]
+    if missing:
+        raise InputError(
+            f"no per-image correctness for row(s) {', '.join(missing)}; expected each method's "
+            f"<method>.correct.safetensors and reference.correct.safetensors ({ZERO_SHOT_ROW}, {INDIVIDUAL_ROW})"
+        )
+    matrices = []
+    for task_index, task in enumerate(tasks):
+        columns = []
+        for row_index, key in enumerate(keys):
+            source = correctness.source(key)
+            vector = correctness.rows[key].get(task)
+            if vector is None:
+                raise InputError(f"{source}: no vector {key}/{task}; expected one per benchmark task")
+            if len(vector) == 0 or (columns and len(vector) != len(columns[0])):
+                expected = f"{len(columns[0])} like {keys[0]}" if columns else "at least one"
+                raise InputError(f"{source}: {key}/{task} holds {len(vector)} test images; expected {expected}")
+            observed = int(np.count_nonzero(vector)) / len(vector)
+            recorded = float(fractions[row_index, task_index])
+            if abs(observed - recorded) > _CORRECTNESS_TOLERANCE:
+                raise InputError(
+                    f"{source}: {key}/{task} gives accuracy {observed!r} but the evaluation CSV says {recorded!r}; "
+                    "expected both from the same test pass (rerun its job)"
+                )
+            columns.append(vector)
+        matrices.append(np.stack(columns, axis=1))
+    return matrices
+
+
+def _over_individual(samples: np.ndarray, individual: int) -> np.ndarray:
+    """Resampled normalized accuracy: each row over the individual model on the same resample (NaN over 0)."""
+    denominator = samples[:, [individual], :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, samples / denominator, np.nan)
+
+
+def _interval_cells(intervals: BootstrapIntervals | None, row: int, num_tasks: int) -> list[float]:
+    if intervals is None:
+        return [math.nan] * 2 * (num_tasks + 1)
+    bounds = zip([*intervals.task_low[row], intervals.average_low[row]],
+                 [*intervals.task_high[row], intervals.average_high[row]], strict=True)  # fmt: skip
+    return [float(value) for pair in bounds for value in pair]
+
+
+def _difference_cells(
+    intervals: BootstrapIntervals | None, row: int, averages: list[float], baseline: int | None
+) -> list[float]:
+    if baseline is None or intervals is None or intervals.difference_low is None or intervals.difference_high is None:
+        return [math.nan] * 3
+    difference = averages[row] - averages[baseline]
+    return [difference, float(intervals.difference_low[row]), float(intervals.difference_high[row])]
 
 
 def _checked_tasks(tasks: Sequence[str]) -> list[str]:
@@ -127,7 +250,7 @@ def _checked_tasks(tasks: Sequence[str]) -> list[str]:
     repeated = sorted({task for task in task_list if task_list.count(task) > 1})
     if repeated:
         raise InputError(f"task(s) {', '.join(repeated)} given more than once (expected distinct task names)")
-    reserved = [task for task in task_list if task in (*LEADING_COLUMNS, *TRAILING_COLUMNS)]
+    reserved = [task for task in task_list if _is_reserved(task)]
     if reserved:
         raise InputError(f"task name(s) {', '.join(reserved)} clash with table columns; expected other task names")
     return task_list
@@ -175,11 +298,34 @@ def _table_row(
     if published is None:
         return [metric, method, setting, *percent, average, math.nan, math.nan, ""]
     reported = published.average_accuracy
-    return [metric, method, setting, *percent, average, reported, average - reported, published.source]
+    # Ours minus a number made with other experts would measure the experts as much as the method.
+    difference = average - reported if published.comparable else math.nan
+    return [metric, method, setting, *percent, average, reported, difference, published.source]
+
+
+def _is_reserved(column: str) -> bool:
+    """A column of the table that is not a task: leading, trailing, CART difference or an interval bound."""
+    fixed = (*LEADING_COLUMNS, *TRAILING_COLUMNS, *CART_DIFFERENCE_COLUMNS)
+    return column in fixed or column.endswith((CI_LOW_SUFFIX, CI_HIGH_SUFFIX))
 
 
 def task_columns(table: pd.DataFrame) -> list[str]:
-    return [column for column in table.columns if column not in (*LEADING_COLUMNS, *TRAILING_COLUMNS)]
+    return [column for column in table.columns if not _is_reserved(column)]
+
+
+def mark_approximate_val(table: pd.DataFrame, tasks: Sequence[str], mark: str, note: str | None) -> None:
+    """Render `tasks`' column headers with `mark` and `note` under every metric's table (main.csv is unchanged)."""
+    table.attrs[APPROXIMATE_VAL_ATTR] = {task: mark for task in tasks}
+    table.attrs[APPROXIMATE_VAL_NOTE_ATTR] = note
+
+
+def _task_headers(table: pd.DataFrame) -> list[str]:
+    marks = table.attrs.get(APPROXIMATE_VAL_ATTR, {})
+    return [f"{task} {marks[task]}" if task in marks else task for task in task_columns(table)]
+
+
+def _approximate_val_note(table: pd.DataFrame) -> str | None:
+    return table.attrs.get(APPROXIMATE_VAL_NOTE_ATTR)
 
 
 def format_setting(setting: object) -> str:
@@ -214,13 +360,37 @@ def _optional(value: float, render: Callable[[float], str]) -> str:
     return "" if pd.isna(value) else render(value)
 
 
-def _rendered_rows(table: pd.DataFrame, metric: str) -> list[list[str]]:
-    """Method, task accuracies, average, [published, difference,] hyper-parameters: the printed cells."""
+def _bounds(row: pd.Series, column: str) -> tuple[float, float]:
+    """The interval bounds of `column` in `row`: NaN where there are none (no correctness, or an older table)."""
+    return row.get(f"{column}{CI_LOW_SUFFIX}", math.nan), row.get(f"{column}{CI_HIGH_SUFFIX}", math.nan)
+
+
+def _with_interval(value: float, bounds: tuple[float, float], render: Callable[[float], str]) -> str:
+    """`84.3 [83.9, 84.7]`, or the value alone without an interval."""
+    low, high = bounds
+    if pd.isna(low) or pd.isna(high):
+        return render(value)
+    return f"{render(value)} [{render(low)}, {render(high)}]"
+
+
+def _has_cart_difference(table: pd.DataFrame, metric: str) -> bool:
     rows = table[table["metric"] == metric]
-    numeric = [*task_columns(table), AVERAGE_COLUMN]
+    return CART_DIFFERENCE_COLUMN in table.columns and bool(rows[CART_DIFFERENCE_COLUMN].notna().any())
+
+
+def _rendered_rows(table: pd.DataFrame, metric: str) -> list[list[str]]:
+    """Method, task accuracies, average [interval], [vs CART,] [published, difference,] hyper-parameters."""
+    rows = table[table["metric"] == metric]
+    tasks = task_columns(table)
+    with_cart = _has_cart_difference(table, metric)
     rendered = []
     for _, row in rows.iterrows():
-        cells = [row["method"], *(_one_decimal(row[column]) for column in numeric)]
+        cells = [row["method"], *(_one_decimal(row[column]) for column in tasks)]
+        cells.append(_with_interval(row[AVERAGE_COLUMN], _bounds(row, AVERAGE_COLUMN), _one_decimal))
+        if with_cart:
+            difference = row[CART_DIFFERENCE_COLUMN]
+            bounds = _bounds(row, CART_DIFFERENCE_COLUMN)
+            cells.append("" if pd.isna(difference) else _with_interval(difference, bounds, _signed_one_decimal))
         if _has_published_columns(metric):
             cells += [
                 _optional(row[PUBLISHED_COLUMN], _one_decimal),
@@ -252,6 +422,24 @@ def _adaptation_note(table: pd.DataFrame) -> str:
     return ADAPTATION_NOTE if table["method"].map(_is_adaptive_row).any() else ""
 
 
+def _bootstrap_note(table: pd.DataFrame) -> str:
+    """How the intervals were computed, when the table has them."""
+    if BOOTSTRAP_ATTR not in table.attrs:
+        return ""
+    resamples, seed = table.attrs[BOOTSTRAP_ATTR]
+    note = (
+        f"[low, high]: {CONFIDENCE:.0%} percentile bootstrap interval over test images ({resamples} resamples, "
+        f"seed {seed}; each task's images resampled on their own, the same draws for every row; per-task "
+        "intervals in main.csv). Normalized rows divide by the individual model's accuracy on the same resample."
+    )
+    if CART_DIFFERENCE_COLUMN in table.columns and table[CART_DIFFERENCE_COLUMN].notna().any():
+        note += (
+            f" {CART_DIFFERENCE_HEADER}: the row's average minus CART's, with the interval of that difference "
+            "over the same resamples (paired); an interval that excludes 0 ranks the two on this test set."
+        )
+    return note
+
+
 def _sources_note(table: pd.DataFrame) -> str:
     sources = published_sources(table)
     if not sources:
@@ -265,7 +453,8 @@ def _sources_note(table: pd.DataFrame) -> str:
 def markdown_table(table: pd.DataFrame, metric: str) -> str:
     """One metric as a GitHub Markdown table, numbers to one decimal."""
     published = [PUBLISHED_COLUMN, DIFFERENCE_COLUMN] if _has_published_columns(metric) else []
-    header = ["method", *task_columns(table), AVERAGE_COLUMN, *published, SETTING_HEADER]
+    cart = [CART_DIFFERENCE_HEADER] if _has_cart_difference(table, metric) else []
+    header = ["method", *_task_headers(table), AVERAGE_COLUMN, *cart, *published, SETTING_HEADER]
     alignment = [":---", *("---:" for _ in header[1:-1]), ":---"]
     lines = [_markdown_line(header), _markdown_line(alignment)]
     grouped = False
@@ -281,11 +470,17 @@ def _markdown_line(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cell.replace("|", r"\|") for cell in cells) + " |"
 
 
-def markdown_document(table: pd.DataFrame, title: str | None = None) -> str:
+def markdown_document(table: pd.DataFrame, title: str | None = None, notes: Sequence[str] = ()) -> str:
+    """`notes` (e.g. `published.experts_notes`) follow the sources note under the absolute-accuracy table."""
     sections = [f"# {title}\n"] if title else []
     adaptation = _adaptation_note(table)
+    bootstrap = _bootstrap_note(table)
+    approximate = _approximate_val_note(table)
     for metric, heading in METRIC_TITLES.items():
-        note = f"\n{_sources_note(table)}\n" if _has_published_columns(metric) else ""
+        lines = (_sources_note(table), *notes) if _has_published_columns(metric) else ()
+        note = f"\n{bootstrap}\n" if bootstrap else ""
+        note += f"\n{approximate}\n" if approximate else ""
+        note += "".join(f"\n{line}\n" for line in lines)
         note += f"\n{adaptation}\n" if adaptation else ""
         sections.append(f"## {heading}\n\n{markdown_table(table, metric)}{note}")
     return "\n".join(sections)
@@ -299,10 +494,12 @@ def latex_tabular(table: pd.DataFrame, metric: str) -> str:
     """One metric as a booktabs tabular; a rule separates the reference rows from the merges."""
     tasks = task_columns(table)
     published = ["Published", r"$\Delta$"] if _has_published_columns(metric) else []
-    header = [*(latex_escape(cell) for cell in ["Method", *tasks, "Average"]), *published, "Hyper-parameters"]
+    cart = [CART_DIFFERENCE_HEADER] if _has_cart_difference(table, metric) else []
+    names = _task_headers(table)
+    header = [*(latex_escape(cell) for cell in ["Method", *names, "Average", *cart]), *published, "Hyper-parameters"]
     lines = [
         f"% {METRIC_TITLES[metric]}",
-        r"\begin{tabular}{l" + "r" * (len(tasks) + 1 + len(published)) + "l}",
+        r"\begin{tabular}{l" + "r" * (len(tasks) + 1 + len(cart) + len(published)) + "l}",
         r"\toprule",
         " & ".join(header) + r" \\",
         r"\midrule",
@@ -319,10 +516,12 @@ def latex_tabular(table: pd.DataFrame, metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def latex_document(table: pd.DataFrame, title: str | None = None) -> str:
+def latex_document(table: pd.DataFrame, title: str | None = None, notes: Sequence[str] = ()) -> str:
     # Only comments around the tabulars, so the file can be \input inside any table environment.
     preamble = ["% " + " ".join(title.splitlines())] if title else []
-    preamble += [r"% Requires \usepackage{booktabs}.", f"% {_sources_note(table)}"]
+    preamble += [r"% Requires \usepackage{booktabs}.", f"% {_sources_note(table)}", *(f"% {line}" for line in notes)]
+    preamble += [f"% {_bootstrap_note(table)}"] if _bootstrap_note(table) else []
+    preamble += [f"% {_approximate_val_note(table)}"] if _approximate_val_note(table) else []
     preamble += [f"% {_adaptation_note(table)}"] if _adaptation_note(table) else []
     return "\n".join(preamble) + "\n\n" + "\n".join(latex_tabular(table, metric) for metric in METRIC_TITLES)
 
@@ -337,8 +536,10 @@ def write_table_files(table: pd.DataFrame, stem: Path, markdown: str, latex: str
     return [csv_path, markdown_path, latex_path]
 
 
-def write_main_table(table: pd.DataFrame, out_dir: PathLike, title: str | None = None) -> list[Path]:
+def write_main_table(
+    table: pd.DataFrame, out_dir: PathLike, title: str | None = None, notes: Sequence[str] = ()
+) -> list[Path]:
     """Write main.csv (full precision), main.md and main.tex into `out_dir`, each atomically."""
     return write_table_files(
-        table, Path(out_dir) / "main", markdown_document(table, title), latex_document(table, title)
+        table, Path(out_dir) / "main", markdown_document(table, title, notes), latex_document(table, title, notes)
     )
