@@ -3,7 +3,7 @@ import sys
 
 from snakemake.utils import min_version, validate
 
-from mergeflow.config_check import ConfigError, check_config, command_line_values, load_schema
+from mergeflow.dag.config_check import ConfigError, check_config, command_line_values, load_schema
 
 min_version("8.20")
 

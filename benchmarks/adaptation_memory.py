@@ -51,7 +51,7 @@ def build_inputs(case: dict[str, Any]):
     from open_clip.model import _build_vision_tower
 
     from mergeflow.adaptive import UnlabeledTask
-    from mergeflow.model import OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, ModelSpec
+    from mergeflow.models.clip import OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, ModelSpec
 
     torch.manual_seed(0)
     vision, embed_dim = vision_config(case["layers"])

@@ -29,7 +29,7 @@ import torch.nn.functional as F  # noqa: E402
 from eval_throughput import machine, spec_of, write_report  # noqa: E402  (benchmarks/ is on sys.path)
 
 from mergeflow.adaptive import AdaMergingCartSettings, AdaMergingSettings, AdaRankSettings, UnlabeledTask, adapt  # noqa: E402
-from mergeflow.model import build_clip  # noqa: E402
+from mergeflow.models.clip import build_clip  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 NUM_CLASSES = 10

@@ -32,11 +32,11 @@ from pathlib import Path
 import yaml
 
 from mergeflow.adaptive.settings import SETTINGS_CLASSES
-from mergeflow.evaluate import EvalSettings
+from mergeflow.dag.resources import grid_points
+from mergeflow.evaluation.accuracy import EvalSettings
 from mergeflow.image_tasks.provenance import prepared_split_sizes
 from mergeflow.image_tasks.registry import TASKS_20
-from mergeflow.job_resources import grid_points
-from mergeflow.method_entries import base_method, is_adaptive
+from mergeflow.merging.entries import base_method, is_adaptive
 
 REPO = Path(__file__).resolve().parents[1]
 MEASURED = REPO / "benchmarks" / "results" / "h200-2026-12-04"
@@ -90,7 +90,7 @@ def split_images(tasks: list[str]) -> tuple[list[int], list[int]]:
 
 
 def streamed_images(val: list[int], test: list[int], resident_mb: float) -> tuple[int, int]:
-    """Images of a val pass and of a test pass read from host memory per batch (mergeflow.evaluate.stage_splits)."""
+    """Images of a val pass and of a test pass read from host memory per batch (evaluation.accuracy.stage_splits)."""
     budget, used = resident_mb * 2**20, 0
     streamed = []
     for images in val + test:

@@ -31,8 +31,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from mergeflow.evaluate import EvalSettings, StagedImages, autocast_dtype, predict_staged  # noqa: E402
-from mergeflow.model import OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, ModelSpec, build_clip  # noqa: E402
+from mergeflow.evaluation.accuracy import EvalSettings, StagedImages, autocast_dtype, predict_staged  # noqa: E402
+from mergeflow.models.clip import OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, ModelSpec, build_clip  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 SOURCE_SIZE = 256  # image files are larger than the input, so the peers' pipeline resizes as on real data

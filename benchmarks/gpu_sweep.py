@@ -8,7 +8,7 @@ Synthetic inputs at the real sizes, in a scratch folder:
   prepare them): a bank of `--bank` smooth random 224² uint8 images repeated, labelled with θ_0's predictions through
   that head (random labels can leave an accuracy at 0, which the normalisation rightly refuses).
 
-Then four jobs run as the pipeline runs them (`python -m mergeflow.cli <verb>`, device auto, evaluation
+Then four jobs run as the pipeline runs them (`python -m mergeflow.commands.main <verb>`, device auto, evaluation
 defaults unless given): evaluate-reference, decompose --kind centered, merge-eval --method cart over a reduced
 grid with those factors, and adapt-eval --method adamerging (layer-wise, `--adapt-steps` steps, 16 unlabeled
 test images per task and step). The verbs log one line per evaluation pass and the adaptation's step time and
@@ -41,12 +41,12 @@ from eval_cost import SPLIT_SIZES  # noqa: E402  (benchmarks/ is on sys.path)
 from eval_throughput import machine, smooth_images, spec_of  # noqa: E402
 
 from mergeflow.data import TaskClasses, save_classes, save_split  # noqa: E402
-from mergeflow.evaluate import predict  # noqa: E402
-from mergeflow.heads import save_head  # noqa: E402
+from mergeflow.evaluation.accuracy import predict  # noqa: E402
 from mergeflow.image_tasks import get_task  # noqa: E402
 from mergeflow.io import save_state_dict  # noqa: E402
-from mergeflow.model import build_clip, save_model_dir  # noqa: E402
-from mergeflow.runtime import select_device  # noqa: E402
+from mergeflow.models.clip import build_clip, save_model_dir  # noqa: E402
+from mergeflow.models.heads import save_head  # noqa: E402
+from mergeflow.runtime.device import select_device  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS_8 = ["SUN397", "Cars", "RESISC45", "EuroSAT", "SVHN", "GTSRB", "MNIST", "DTD"]
@@ -97,7 +97,7 @@ def run_verb(verb: str, arguments: list[str], log_path: Path, env: dict[str, str
     started = time.perf_counter()
     with open(log_path, "w") as log:
         code = subprocess.run(
-            [sys.executable, "-m", "mergeflow.cli", verb, "--no-progress", *arguments], stderr=log, env=env
+            [sys.executable, "-m", "mergeflow.commands.main", verb, "--no-progress", *arguments], stderr=log, env=env
         ).returncode
     seconds = time.perf_counter() - started
     if code != 0:

@@ -33,10 +33,10 @@ import yaml
 
 from mergeflow.adaptive import load_learned_merge, merge_from_learned
 from mergeflow.data import load_split
-from mergeflow.heads import head_logits, load_head
 from mergeflow.io import load_state_dict
 from mergeflow.merging import merge_state_dicts
-from mergeflow.model import images_to_tensor, load_image_encoder, load_spec, pretrained_path
+from mergeflow.models.clip import images_to_tensor, load_image_encoder, load_spec, pretrained_path
+from mergeflow.models.heads import head_logits, load_head
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS_DIR = REPO / "benchmarks" / "out" / "seeds"

@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from mergeflow.method_entries import is_adaptive
+from mergeflow.merging.entries import is_adaptive
 from mergeflow.report.tables import METHOD_DISPLAY_NAMES as METHOD_NAMES
 
 REPO = Path(__file__).resolve().parents[1]

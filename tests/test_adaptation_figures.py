@@ -7,7 +7,7 @@ import torch
 
 from mergeflow.adaptive import LearnedMerge, save_learned_merge
 from mergeflow.adaptive.settings import AdaMergingSettings, AdaRankSettings
-from mergeflow.cli import main
+from mergeflow.commands.main import main
 from mergeflow.io import InputError
 from mergeflow.report.adaptation_figures import block_of, coefficient_grid, kept_rank_grid, plot_coefficients
 

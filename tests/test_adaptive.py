@@ -24,7 +24,7 @@ from mergeflow.adaptive.masking import straight_through_mask
 from mergeflow.adaptive.terms import LowRankTerm
 from mergeflow.io import InputError, save_state_dict
 from mergeflow.merging.spectral import MatrixFactors
-from mergeflow.model import build_clip, tiny_clip_spec
+from mergeflow.models.clip import build_clip, tiny_clip_spec
 
 ARCH = {
     "image_size": 16, "patch_size": 8, "width": 32, "layers": 2, "heads": 2, "embed_dim": 16,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mergeflow.cli import main
+from mergeflow.commands.main import main
 from mergeflow.io import load_state_dict, save_state_dict
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mergeflow.evaluation.correctness import load_correctness, read_correctness_files, save_correctness
 from mergeflow.io import InputError
 from mergeflow.report.bootstrap import (
     DEFAULT_SEED,
@@ -15,7 +16,6 @@ from mergeflow.report.bootstrap import (
     percentile_interval,
     resampled_accuracies,
 )
-from mergeflow.report.correctness import load_correctness, read_correctness_files, save_correctness
 
 
 def _vector(correct: int, images: int, seed: int = 0) -> np.ndarray:

@@ -34,7 +34,7 @@ from mergeflow.checkpoints import fetch_finetuned, sha256_file, sidecar_path, ta
 from mergeflow.checkpoints.readers import read_tensors  # noqa: E402
 from mergeflow.checkpoints.record import write_encoder  # noqa: E402
 from mergeflow.io import InputError, load_state_dict  # noqa: E402
-from mergeflow.model import build_clip, tiny_clip_spec  # noqa: E402
+from mergeflow.models.clip import build_clip, tiny_clip_spec  # noqa: E402
 from mergeflow.types import StateDict  # noqa: E402
 
 ARCH = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 2, "heads": 4, "mlp_ratio": 4.0, "output_dim": 16}

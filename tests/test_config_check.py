@@ -11,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mergeflow.config_check import ConfigError, check_config
+from mergeflow.dag.config_check import ConfigError, check_config
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -227,7 +227,7 @@ def command_line(*entries: str) -> dict:
     from snakemake.cli import parse_config
     from snakemake.utils import update_config
 
-    from mergeflow.config_check import command_line_values, load_schema
+    from mergeflow.dag.config_check import command_line_values, load_schema
 
     config = copy.deepcopy(DEFAULT)
     update_config(config, parse_config(list(entries)))

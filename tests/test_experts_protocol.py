@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 from torch.utils.data import random_split
 
-from mergeflow.cli import main
+from mergeflow.commands.main import main
 from mergeflow.data import load_classes, load_data_record, load_split
+from mergeflow.image_tasks.protocol import tasks_protocol
 from mergeflow.image_tasks.provenance import (
     EXPERTS_DATA,
     class_texts,
@@ -27,7 +28,6 @@ from mergeflow.image_tasks.provenance import (
 )
 from mergeflow.image_tasks.registry import TASKS, TASKS_20
 from mergeflow.image_tasks.val_split import experts_train_val_indices, val_size
-from mergeflow.protocol import tasks_protocol
 
 # ------------------------------------------------------------------------------------------------ val arithmetic
 

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from test_report import SWEEP_RANKS, TASKS, method_paths, write_synthetic_suite
 
+from mergeflow.commands.report import main
+from mergeflow.evaluation.results import load_method_results, load_reference
 from mergeflow.io import InputError
-from mergeflow.report import load_method_results, load_reference, main_table
-from mergeflow.report.cli import main
+from mergeflow.report import main_table
 from mergeflow.report.heatmap import lambda_rank_grid, plot_lambda_rank_heatmap
 from mergeflow.report.per_task import CART_COLOUR, MERGE_COLOUR, per_task_accuracies, plot_per_task, row_colour
 from mergeflow.report.scaling import plot_scaling, scaling_latex, scaling_markdown, scaling_table, write_scaling_table

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from mergeflow.gpu_lease import device_pool, lease_device_for_job, try_acquire
+from mergeflow.runtime.gpu_lease import device_pool, lease_device_for_job, try_acquire
 
 # A job: lease a device from a fake pool, record when it held which device, hold it for a while.
 JOB = """
 import json, os, sys, time
-from mergeflow.gpu_lease import lease_device_for_job
+from mergeflow.runtime.gpu_lease import lease_device_for_job
 lease = lease_device_for_job("auto")
 start = time.time()
 time.sleep(float(sys.argv[1]))

@@ -33,7 +33,7 @@ from mergeflow.image_tasks import (
     resize_center_crop,
     task_source,
 )
-from mergeflow.image_tasks import hub as hub_module
+from mergeflow.image_tasks import hub_datasets as hub_module
 from mergeflow.image_tasks.val_split import experts_train_val_indices
 from mergeflow.io import InputError
 

@@ -61,9 +61,9 @@ def _labels_the_finetuned_model_predicts(
     prepared arrays equal `images` and any mismatch (labels, preprocessing, head, checkpoint keys) shows up as
     an individual accuracy below 1.
     """
-    from mergeflow.heads import zero_shot_head
     from mergeflow.image_tasks import get_task
-    from mergeflow.model import ModelSpec, build_tokenizer, images_to_tensor
+    from mergeflow.models.clip import ModelSpec, build_tokenizer, images_to_tensor
+    from mergeflow.models.heads import zero_shot_head
 
     spec = ModelSpec("ViT-B-32", MODEL_CFG, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     classes = get_task(task)

@@ -157,7 +157,7 @@ def test_table_rows_match_the_evaluations(finished_run: Path) -> None:
         assert absolute.loc["CART", task] == pytest.approx(100 * best[task])
     assert absolute.loc["CART", "average"] == pytest.approx(100 * best.mean())
     # Every number has its bootstrap interval, from the per-image correctness the evaluation jobs stored.
-    from mergeflow.report.correctness import load_correctness
+    from mergeflow.evaluation.correctness import load_correctness
 
     correct = load_correctness(suite(finished_run) / "eval" / "cart.correct.safetensors")["cart"]
     assert {task: correct[task].mean() for task in TASKS} == pytest.approx(best[TASKS].to_dict(), abs=1e-12)
@@ -241,10 +241,10 @@ def test_autocast_accuracy_is_within_tolerance_of_fp32(finished_run: Path, preci
     import torch
 
     from mergeflow import merging
-    from mergeflow.evaluate import EvalSettings, StagedImages, predict_staged
-    from mergeflow.heads import load_head
+    from mergeflow.evaluation.accuracy import EvalSettings, StagedImages, predict_staged
     from mergeflow.io import load_state_dict
-    from mergeflow.model import load_image_encoder, load_spec
+    from mergeflow.models.clip import load_image_encoder, load_spec
+    from mergeflow.models.heads import load_head
     from mergeflow.tiny.splits import task_splits
 
     results = finished_run / "results"

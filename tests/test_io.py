@@ -57,7 +57,7 @@ def test_truncated_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_a_state_dict_with_nan_or_inf_is_refused_by_file_and_key(tmp_path, caplog) -> None:
-    from mergeflow.cli import main
+    from mergeflow.commands.main import main
 
     good = {"w": torch.ones(3, 3), "step": torch.tensor(2)}
     save_state_dict(tmp_path / "good.safetensors", good)

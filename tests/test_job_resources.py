@@ -9,10 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mergeflow.cli import main
-from mergeflow.evaluate import EvalSettings
-from mergeflow.io import InputError, load_state_dict
-from mergeflow.job_resources import (
+from mergeflow.commands.main import main
+from mergeflow.dag.resources import (
     MAX_RUNTIME_MINUTES,
     MIN_RUNTIME_MINUTES,
     MODEL_SCALES,
@@ -20,9 +18,11 @@ from mergeflow.job_resources import (
     job_resources,
     sweep_parts,
 )
-from mergeflow.merge_eval import SweepEvaluator, TaskSplits, combine_sweep_parts, read_sweep_table, sweep_method
-from mergeflow.model import build_clip, load_image_encoder, load_spec, save_model_dir, tiny_clip_spec
-from mergeflow.report.correctness import load_correctness, save_correctness
+from mergeflow.evaluation.accuracy import EvalSettings
+from mergeflow.evaluation.correctness import load_correctness, save_correctness
+from mergeflow.evaluation.sweep import SweepEvaluator, TaskSplits, combine_sweep_parts, read_sweep_table, sweep_method
+from mergeflow.io import InputError, load_state_dict
+from mergeflow.models.clip import build_clip, load_image_encoder, load_spec, save_model_dir, tiny_clip_spec
 
 RULES = ["pretrain", "fetch_pretrained", "build_head", "prepare_data", "fetch_finetuned", "finetune",
          "evaluate_reference", "decompose", "merge_eval", "aggregate", "lambda_rank", "spectrum",

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from mergeflow.io import load_state_dict
-from mergeflow.job_server import import_sensitive_difference, start, stop_server
-from mergeflow.launcher import SERVER_ENV
+from mergeflow.shell.job_server import import_sensitive_difference, start, stop_server
+from mergeflow.shell.launcher import SERVER_ENV
 
 ARCH = {
     "image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "heads": 2, "embed_dim": 16,
@@ -122,7 +122,7 @@ def test_only_import_time_variables_count() -> None:
 def test_the_server_exits_when_its_workflow_is_gone(tmp_path: Path) -> None:
     script = (
         "import os, sys\n"
-        "from mergeflow.job_server import start\n"
+        "from mergeflow.shell.job_server import start\n"
         "server = start(timeout_s=120)\n"
         f"print(server.pid, os.environ[{SERVER_ENV!r}], flush=True)\n"
         "os._exit(0)\n"  # as Snakemake killed by SIGKILL: no onsuccess/onerror hook runs

@@ -10,16 +10,16 @@ import torch
 import torch.nn.functional as F
 
 from mergeflow import merging
-from mergeflow.evaluate import EvalSettings
-from mergeflow.io import InputError, load_state_dict
-from mergeflow.merge_eval import (
+from mergeflow.evaluation.accuracy import EvalSettings
+from mergeflow.evaluation.sweep import (
     SweepEvaluator,
     TaskSplits,
     combine_sweep_parts,
     reference_accuracies,
     sweep_method,
 )
-from mergeflow.model import build_clip, load_image_encoder, load_spec, save_model_dir, tiny_clip_spec
+from mergeflow.io import InputError, load_state_dict
+from mergeflow.models.clip import build_clip, load_image_encoder, load_spec, save_model_dir, tiny_clip_spec
 
 ARCH = {
     "image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "heads": 2, "embed_dim": 16,
@@ -146,7 +146,7 @@ def test_in_place_writes_are_the_bytes_of_the_merged_state_dict(setup) -> None:
 
 
 def test_evaluator_matches_the_host_array_path_and_streaming(setup, tmp_path_factory) -> None:
-    from mergeflow.evaluate import accuracy
+    from mergeflow.evaluation.accuracy import accuracy
 
     pretrained, finetuned, evaluate, _ = setup
     direction = merging.merge_direction("task_arithmetic", pretrained, finetuned, {"lam": 0.4})
@@ -216,7 +216,7 @@ def test_a_direction_without_delta_is_evaluated_once_per_split(setup, monkeypatc
 
 
 def test_a_split_over_the_budget_is_read_per_batch_from_its_array(tmp_path: Path) -> None:
-    from mergeflow.evaluate import stage_splits
+    from mergeflow.evaluation.accuracy import stage_splits
 
     images = np.random.default_rng(0).integers(0, 256, size=(10, 16, 16, 3), dtype=np.uint8)
     np.save(tmp_path / "images.npy", images)
@@ -237,7 +237,7 @@ def test_every_evaluated_pass_logs_its_images_and_seconds(setup, caplog) -> None
 
     pretrained, finetuned, evaluate, reference = setup
     grid = {"rank": [0.0, 0.5], "lam": [1.0, 2.0]}
-    with caplog.at_level(logging.INFO, logger="mergeflow.merge_eval"):
+    with caplog.at_level(logging.INFO, logger="mergeflow.evaluation.sweep"):
         sweep_method("cart", grid, pretrained, finetuned, evaluate, reference, progress=False)
     pattern = re.compile(r"cart (val|test) pass at (\{.*\}): merge ([\d.]+) s, (\d+) images in ([\d.]+) s")
     passes = [pattern.fullmatch(record.getMessage()) for record in caplog.records]

@@ -1,4 +1,4 @@
-"""`mergeflow merge` as wired by `add_merge_command`, and `mergeflow methods` through the `mergeflow` command."""
+"""`mergeflow merge` as wired by `register`, and `mergeflow methods` through the `mergeflow` command."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from mergeflow.adaptive.settings import SETTINGS_CLASSES
-from mergeflow.cli import main
+from mergeflow.commands.main import main
+from mergeflow.commands.merging import register
 from mergeflow.io import load_state_dict, save_state_dict
 from mergeflow.merging import METHODS, merge_state_dicts
-from mergeflow.merging.cli import add_merge_command
 
 KEYS = {
     "transformer.resblocks.0.attn.in_proj_weight": (12, 4),
@@ -23,7 +23,7 @@ KEYS = {
 
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mergeflow")
-    add_merge_command(parser.add_subparsers(dest="command", required=True))
+    register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
 

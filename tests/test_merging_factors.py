@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from random_models import perturbed_models
 from torch.testing import assert_close
 
 from mergeflow.io import InputError, save_state_dict
@@ -33,13 +34,7 @@ SWEEP = (0.0, 0.1, 0.25, 0.4, 0.6, 0.8, 1.0)
 
 
 def random_models(num_tasks: int = 3) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
-    generator = torch.Generator().manual_seed(11)
-    pretrained = {key: torch.randn(shape, generator=generator) for key, shape in SHAPES.items()}
-    finetuned = [
-        {key: value + 0.1 * torch.randn(value.shape, generator=generator) for key, value in pretrained.items()}
-        for _ in range(num_tasks)
-    ]
-    return pretrained, finetuned
+    return perturbed_models(SHAPES, num_tasks, seed=11)
 
 
 def test_factors_cover_every_matrix_and_reconstruct_the_task_vectors() -> None:

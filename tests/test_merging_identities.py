@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from random_models import perturbed_models
 from torch.testing import assert_close
 
 from mergeflow.merging import merge_direction, merge_state_dicts, resolve_hparams
@@ -32,12 +33,7 @@ BUFFER = "num_batches_tracked"
 def random_models(
     num_tasks: int, seed: int = 0, dtype: torch.dtype = torch.float32
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
-    generator = torch.Generator().manual_seed(seed)
-    pretrained = {key: torch.randn(shape, generator=generator) for key, shape in SHAPES.items()}
-    finetuned = [
-        {key: value + 0.05 * torch.randn(value.shape, generator=generator) for key, value in pretrained.items()}
-        for _ in range(num_tasks)
-    ]
+    pretrained, finetuned = perturbed_models(SHAPES, num_tasks, seed=seed, scale=0.05)
     with_buffer = [{**model, BUFFER: torch.tensor([7])} for model in [pretrained, *finetuned]]
     cast = [
         {key: value.to(dtype) if value.is_floating_point() else value for key, value in model.items()}

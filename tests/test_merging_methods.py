@@ -7,6 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+from random_models import perturbed_models
 from torch.testing import assert_close
 
 from mergeflow.merging import merge_state_dicts
@@ -196,13 +197,7 @@ def test_iso_c_by_hand() -> None:
 def random_models(
     shapes: dict[str, tuple[int, ...]], num_tasks: int, seed: int
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
-    generator = torch.Generator().manual_seed(seed)
-    pretrained = {key: torch.randn(shape, generator=generator) for key, shape in shapes.items()}
-    finetuned = [
-        {key: value + 0.1 * torch.randn(value.shape, generator=generator) for key, value in pretrained.items()}
-        for _ in range(num_tasks)
-    ]
-    return pretrained, finetuned
+    return perturbed_models(shapes, num_tasks, seed=seed)
 
 
 def as_numpy(pretrained: dict, finetuned: list, key: str) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from random_models import perturbed_models
 from safetensors import safe_open
 
 from mergeflow.io import InputError, load_state_dict, save_state_dict
 from mergeflow.merging import METHODS, merge_files, merge_state_dicts
-from mergeflow.merging.selection import KthLargest
+from mergeflow.merging.kth_largest import KthLargest
 
 SHAPES = {
     "conv1.weight": (4, 3, 2, 2),
@@ -33,12 +34,8 @@ CASES = [(name, {}) for name in METHODS] + [
 
 
 def random_models(num_tasks: int, dtype: torch.dtype = torch.float32) -> list[dict[str, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(21)
-    pretrained = {key: torch.randn(shape, generator=generator) for key, shape in SHAPES.items()}
-    models = [pretrained] + [
-        {key: value + 0.1 * torch.randn(value.shape, generator=generator) for key, value in pretrained.items()}
-        for _ in range(num_tasks)
-    ]
+    pretrained, finetuned = perturbed_models(SHAPES, num_tasks, seed=21)
+    models = [pretrained, *finetuned]
     return [{**{key: value.to(dtype) for key, value in model.items()}, "step": torch.tensor(3)} for model in models]
 
 

@@ -7,12 +7,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mergeflow.evaluate import accuracy
-from mergeflow.finetune import FinetuneSettings, finetune_image_encoder
-from mergeflow.heads import load_head, save_head, zero_shot_head
+from mergeflow.evaluation.accuracy import accuracy
 from mergeflow.io import InputError, load_state_dict, save_state_dict
-from mergeflow.model import build_clip, build_tokenizer, load_clip, load_image_encoder, save_model_dir, tiny_clip_spec
-from mergeflow.pretrain import clip_loss
+from mergeflow.models.clip import (
+    build_clip,
+    build_tokenizer,
+    load_clip,
+    load_image_encoder,
+    save_model_dir,
+    tiny_clip_spec,
+)
+from mergeflow.models.heads import load_head, save_head, zero_shot_head
+from mergeflow.training.finetune import FinetuneSettings, finetune_image_encoder
+from mergeflow.training.pretrain import clip_loss
 
 ARCH = {
     "image_size": 16, "patch_size": 8, "width": 32, "layers": 2, "heads": 2, "embed_dim": 16,
@@ -156,7 +163,7 @@ def test_accuracy_counts_correct_predictions(model_dir: Path) -> None:
     visual = load_image_encoder(model_dir)
     images, labels = _separable_task(10, 2)
     with torch.no_grad():
-        from mergeflow.model import images_to_tensor
+        from mergeflow.models.clip import images_to_tensor
 
         features = F.normalize(visual(images_to_tensor(images, spec, torch.device("cpu"))), dim=-1)
     # A head made of the first two images' embeddings predicts each of them correctly.
@@ -182,7 +189,7 @@ def test_clip_loss_treats_same_caption_ids_as_positives() -> None:
 
 def test_build_head_with_the_experts_class_texts(model_dir: Path, tmp_path: Path) -> None:
     """FER2013's experts' head embeds `they look ['happy', 'smiling'].`, not `they look happy.`."""
-    from mergeflow.cli import main
+    from mergeflow.commands.main import main
     from mergeflow.data import TaskClasses, save_classes
     from mergeflow.image_tasks.registry import TASKS
 

@@ -14,8 +14,8 @@ from safetensors.torch import save_file
 
 from mergeflow.checkpoints.tables import PINNED_COMMITS
 from mergeflow.io import InputError, load_state_dict
-from mergeflow.model import load_clip, load_spec
-from mergeflow.pretrained import fetch_pretrained, hub_weights
+from mergeflow.models.clip import load_clip, load_spec
+from mergeflow.models.open_clip_hub import fetch_pretrained, hub_weights
 
 B32_REPO = "timm/vit_base_patch32_clip_224.openai"
 B32_COMMIT = PINNED_COMMITS[B32_REPO]  # what a fetch without a revision asks for

@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mergeflow.commands.report import main, register
+from mergeflow.evaluation.correctness import read_correctness_files, save_correctness
+from mergeflow.evaluation.results import load_method_results, load_reference
 from mergeflow.io import InputError
-from mergeflow.report import load_method_results, load_reference, main_table, plot_rank_sweep, write_main_table
+from mergeflow.report import main_table, plot_rank_sweep, write_main_table
 from mergeflow.report.bootstrap import bootstrap_intervals, resampled_accuracies
-from mergeflow.report.cli import add_report_commands, main
-from mergeflow.report.correctness import read_correctness_files, save_correctness
 from mergeflow.report.figures import sweep_curves
 from mergeflow.report.published import (
     PublishedNumber,
@@ -517,7 +518,7 @@ def _aggregate_argv(inputs: dict[str, Path], out: Path) -> list[str]:
 
 def test_cli_aggregate_end_to_end(inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser(prog="mergeflow")
-    add_report_commands(parser.add_subparsers(dest="command", required=True))
+    register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(_aggregate_argv(inputs, tmp_path))
     assert args.func(args) == 0
     assert sorted(path.name for path in (tmp_path / "tables").iterdir()) == ["main.csv", "main.md", "main.tex"]

@@ -9,9 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mergeflow.commands.report import main
+from mergeflow.evaluation.results import load_method_results, load_reference
 from mergeflow.image_tasks.registry import TASKS_8, TASKS_14
 from mergeflow.io import InputError
-from mergeflow.report.cli import main
 from mergeflow.report.published import (
     PublishedNumber,
     RunExperts,
@@ -22,7 +23,6 @@ from mergeflow.report.published import (
     published_for,
     run_experts,
 )
-from mergeflow.report.results import load_method_results, load_reference
 from mergeflow.report.tables import main_table, write_main_table
 
 REPO = Path(__file__).resolve().parents[1]

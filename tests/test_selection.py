@@ -1,7 +1,7 @@
 import pandas as pd
 
-from mergeflow.method_entries import expand_grid
-from mergeflow.selection import as_rows, best_setting, selected_settings, setting_key, sweep_axis_of
+from mergeflow.evaluation.selection import as_rows, best_setting, selected_settings, setting_key, sweep_axis_of
+from mergeflow.merging.entries import expand_grid
 
 
 def test_grid_is_cartesian_with_first_key_slowest() -> None:

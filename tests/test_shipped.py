@@ -10,12 +10,12 @@ import pytest
 import torch
 import yaml
 
-from mergeflow.cli import main
-from mergeflow.finetune import FinetuneSettings
+from mergeflow.commands.main import main
 from mergeflow.io import InputError, sha256_file
-from mergeflow.model import load_clip, tiny_clip_spec
-from mergeflow.shipped import MODEL_FILES, install_shipped, read_recipe, recipe_differences, unmatched_settings
-from mergeflow.shipped_finetuned import FINETUNE_INPUTS, encoder_path, read_finetune_recipe
+from mergeflow.models.clip import load_clip, tiny_clip_spec
+from mergeflow.shipped.finetuned import FINETUNE_INPUTS, encoder_path, read_finetune_recipe
+from mergeflow.shipped.theta0 import MODEL_FILES, install_shipped, read_recipe, recipe_differences, unmatched_settings
+from mergeflow.training.finetune import FinetuneSettings
 
 # The shipped files were made on an AVX2 machine; these tests must hold with any CPU's kernels.
 pytestmark = pytest.mark.cpu_kernels

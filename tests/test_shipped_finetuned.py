@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from mergeflow.cli import main
+from mergeflow.commands.main import main
 from mergeflow.data import TaskClasses, load_classes, save_classes, split_paths
-from mergeflow.finetune import FinetuneSettings
-from mergeflow.heads import load_head, save_head
 from mergeflow.io import load_state_dict, save_state_dict
-from mergeflow.model import text_path
-from mergeflow.shipped_finetuned import encoder_path, finetune_inputs, finetune_recipe, ship_finetuned
+from mergeflow.models.clip import text_path
+from mergeflow.models.heads import load_head, save_head
+from mergeflow.shipped.finetuned import encoder_path, finetune_inputs, finetune_recipe, ship_finetuned
+from mergeflow.training.finetune import FinetuneSettings
 
 # The shipped files were made on an AVX2 machine; these tests must hold with any CPU's kernels.
 pytestmark = pytest.mark.cpu_kernels

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
+from mergeflow.commands.report import main
 from mergeflow.io import InputError, save_state_dict
 from mergeflow.merging import compute_task_factors, save_task_factors
-from mergeflow.report.cli import main
 from mergeflow.report.spectrum import (
     ALL_LAYERS,
     LAYER_TYPES,

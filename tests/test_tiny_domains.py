@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from mergeflow.cli import main
+from mergeflow.commands.main import main
 from mergeflow.data import load_split
 from mergeflow.io import InputError
 from mergeflow.tiny import TINY_TASKS, apply_domain, generate_split, task_look

@@ -23,14 +23,14 @@ from workflow_run import REPO, check_only, default_config, made_with, run_target
 
 def main() -> int:
     check = check_only(__doc__, "fine-tuning")
-    from mergeflow.finetune import FinetuneSettings
-    from mergeflow.shipped_finetuned import (
+    from mergeflow.shipped.finetuned import (
         encoder_path,
         finetune_inputs,
         finetune_recipe,
         read_finetune_recipe,
         ship_finetuned,
     )
+    from mergeflow.training.finetune import FinetuneSettings
 
     config = default_config()
     shipped = REPO / config["finetune"]["shipped"]

@@ -20,7 +20,7 @@ from workflow_run import REPO, check_only, default_config, made_with, run_target
 
 def main() -> int:
     check = check_only(__doc__, "pre-training")
-    from mergeflow.shipped import MODEL_FILES, read_recipe, recipe_of, ship
+    from mergeflow.shipped.theta0 import MODEL_FILES, read_recipe, recipe_of, ship
 
     config = default_config()
     shipped = REPO / config["model"]["shipped"]

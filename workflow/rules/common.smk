@@ -6,8 +6,8 @@ import re
 import shlex
 import sys
 
-from mergeflow.job_resources import MAX_RUNTIME_MINUTES, grid_points, job_resources, sweep_parts
-from mergeflow.method_entries import base_method, factor_kind, is_adaptive
+from mergeflow.dag.resources import MAX_RUNTIME_MINUTES, grid_points, job_resources, sweep_parts
+from mergeflow.merging.entries import base_method, factor_kind, is_adaptive
 
 MODEL = config["model"]["name"]
 MODEL_SOURCE = config["model"]["source"]
@@ -76,7 +76,7 @@ MAX_RUNTIME_MIN = config.get("resources", {}).get("max_runtime_min", MAX_RUNTIME
 
 
 def planned_sweep_parts():
-    """Each static method's merge_eval grids: its own grid, or the parts of its rank list (mergeflow.job_resources)."""
+    """Each static method's merge_eval grids: its own grid, or the parts of its rank list (mergeflow.dag.resources)."""
     parts = {}
     for method in STATIC_METHODS:
         try:
@@ -105,7 +105,7 @@ def sweep_part_files(method, suffix):
 
 
 def scaled(rule_name, key):
-    """A resource of `rule_name`'s jobs (mem_mb or runtime), from mergeflow.job_resources."""
+    """A resource of `rule_name`'s jobs (mem_mb or runtime), from mergeflow.dag.resources."""
 
     def value(wildcards):
         grid = sweep_grid(wildcards) if rule_name in ("merge_eval", "adapt_eval") else None
@@ -125,7 +125,7 @@ def shipped_pretrained():
     shipped = config["model"].get("shipped")
     if MODEL_SOURCE != "pretrain" or not shipped:
         return None
-    from mergeflow.shipped import unmatched_settings
+    from mergeflow.shipped.theta0 import unmatched_settings
 
     directory = shipped if os.path.isabs(shipped) else os.path.join(workflow.basedir, shipped)
     differences = unmatched_settings(directory, config)
@@ -169,20 +169,20 @@ def evaluation_flags():
     )
 
 
-# One warm process forks every job of a local run (mergeflow.job_server); cluster jobs start on their own.
+# One warm process forks every job of a local run (mergeflow.shell.job_server); cluster jobs start on their own.
 JOB_SERVERS = []
 
 
 def start_job_server():
     if config.get("job_server", True) and workflow.local_exec and not workflow.remote_exec:
-        from mergeflow.job_server import start
+        from mergeflow.shell.job_server import start
 
         # Waiting (about 5 s, once) lets every job of the run be forked, the first ones included.
         JOB_SERVERS.append(start(timeout_s=60))
 
 
 def stop_job_servers():
-    from mergeflow.job_server import stop_server
+    from mergeflow.shell.job_server import stop_server
 
     while JOB_SERVERS:
         stop_server(JOB_SERVERS.pop())

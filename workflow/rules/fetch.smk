@@ -1,6 +1,6 @@
 # θ_0 and the text tower: open_clip's published weights for real models, a short contrastive
 # pre-training for the embedded tiny model, or the shipped result of that pre-training when the config is
-# its recipe (mergeflow.shipped). All write the same model directory.
+# its recipe (mergeflow.shipped.theta0). All write the same model directory.
 if MODEL_SOURCE == "open_clip":
 
     rule fetch_pretrained:

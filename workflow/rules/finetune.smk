@@ -1,5 +1,5 @@
 # θ_t per task: fine-tuned here by the docs/methods.md protocol (or, with finetune.shipped, the shipped encoder when its
-# recipe is exactly this job's: mergeflow.shipped_finetuned), or fetched from a published source.
+# recipe is exactly this job's: mergeflow.shipped.finetuned), or fetched from a published source.
 if FINETUNED["source"] == "finetune":
 
     rule finetune:

@@ -42,8 +42,8 @@ from mergeflow.adaptive.objective import task_entropies
 from mergeflow.adaptive.parametrisation import AdaptiveMerge
 from mergeflow.adaptive.settings import MethodSettings
 from mergeflow.io import InputError
-from mergeflow.model import ModelSpec, images_to_tensor
-from mergeflow.runtime import synchronize
+from mergeflow.models.clip import ModelSpec, images_to_tensor
+from mergeflow.runtime.device import synchronize
 from mergeflow.types import StateDict
 
 log = logging.getLogger(__name__)

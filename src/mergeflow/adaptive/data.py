@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from mergeflow.io import InputError
-from mergeflow.model import ModelSpec
+from mergeflow.models.clip import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """One adaptive evaluation job: settings from the config, adaptation on unlabeled test images, val and test rows.
 
-The rows have the columns of a static method's sweep (`mergeflow.merge_eval`), one setting marked best, so
+The rows have the columns of a static method's sweep (`mergeflow.evaluation.sweep`), one setting marked best, so
 tables and figures read them alike. Test labels are read only after adaptation, to measure accuracy.
 """
 
@@ -15,9 +15,9 @@ import torch
 from mergeflow.adaptive.adaptation import AdaptationResult, adapt
 from mergeflow.adaptive.data import UnlabeledTask
 from mergeflow.adaptive.settings import MethodSettings, settings_to_json
+from mergeflow.evaluation.selection import as_rows, best_setting, mark_selection, setting_key
+from mergeflow.evaluation.sweep import EVAL_SPLITS, SweepEvaluator
 from mergeflow.io import InputError
-from mergeflow.merge_eval import EVAL_SPLITS, SweepEvaluator
-from mergeflow.selection import as_rows, best_setting, mark_selection, setting_key
 from mergeflow.types import StateDict
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch.func import functional_call
 
-from mergeflow.heads import head_logits
+from mergeflow.models.heads import head_logits
 
 
 def mean_entropy(logits: torch.Tensor) -> torch.Tensor:

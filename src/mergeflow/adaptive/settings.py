@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from mergeflow.io import InputError
-from mergeflow.method_entries import ADAPTIVE_METHODS, base_method
+from mergeflow.merging.entries import ADAPTIVE_METHODS, base_method
 
 GRANULARITIES = ("task", "layer")
 ADARANK_BASES = ("cart", "task_arithmetic")

@@ -16,7 +16,7 @@ from mergeflow.lazy import lazy_exports
 
 _EXPORTS = {
     "fetch_finetuned": "fetch",
-    "SOURCES": "sources",
+    "SOURCES": "adapters",
     "transformers_to_open_clip": "keys",
     "sidecar_path": "record",
     "sha256_file": "record",
@@ -25,10 +25,10 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
+    from mergeflow.checkpoints.adapters import SOURCES
     from mergeflow.checkpoints.fetch import fetch_finetuned
     from mergeflow.checkpoints.keys import transformers_to_open_clip
     from mergeflow.checkpoints.record import sha256_file, sidecar_path
-    from mergeflow.checkpoints.sources import SOURCES
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

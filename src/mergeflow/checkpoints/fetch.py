@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from mergeflow.checkpoints.adapters import SOURCES, Located, parse_options
 from mergeflow.checkpoints.keys import (
     guess_prefix,
     is_transformers_layout,
@@ -19,7 +20,6 @@ from mergeflow.checkpoints.keys import (
 )
 from mergeflow.checkpoints.readers import read_tensors
 from mergeflow.checkpoints.record import check_output_path, write_encoder
-from mergeflow.checkpoints.sources import SOURCES, Located, parse_options
 from mergeflow.checkpoints.tables import expert_origin
 from mergeflow.types import StateDict
 

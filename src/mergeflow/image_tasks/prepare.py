@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mergeflow.data import TaskClasses, classes_path, save_classes
-from mergeflow.image_tasks import hub
+from mergeflow.image_tasks import hub_datasets
 from mergeflow.image_tasks.images import to_array_or_error
 from mergeflow.image_tasks.labels import LabelMap, build_label_map
 from mergeflow.image_tasks.provenance import DATA_SOURCES, resolve_data_source
@@ -45,7 +45,7 @@ SOURCES = (*DATA_SOURCES, "experts")
 
 
 def _split_patterns(source: HubSource, card: dict[str, Any], split: str) -> list[str]:
-    declared = hub.card_data_files(card, source.config, split)
+    declared = hub_datasets.card_data_files(card, source.config, split)
     return declared if declared else [source.data_files[split]]
 
 
@@ -55,19 +55,19 @@ def open_hub_splits(
     """Resolve the train and test splits of a hub source to local files; nothing is decoded yet."""
     cache = None if cache_dir is None else str(cache_dir)
     extra = [source.names_file] if source.names_file else []
-    card_folder = hub.snapshot(source, ["README.md", *extra], revision=revision, cache_dir=cache)
-    card = hub.read_card(card_folder)
+    card_folder = hub_datasets.snapshot(source, ["README.md", *extra], revision=revision, cache_dir=cache)
+    card = hub_datasets.read_card(card_folder)
     patterns = {role: _split_patterns(source, card, source.splits[role]) for role in ROLES}
     # The snapshot folder is named by the commit `revision` resolved to: fetch the data files at that same commit.
     commit = card_folder.name
-    log.info("%s: commit %s", hub.describe(source, revision), commit)
-    folder = hub.snapshot(source, [p for role in ROLES for p in patterns[role]], revision=commit, cache_dir=cache)
-    names_from_repo = hub.card_label_names(card, source.config, source.label_column)
-    names_from_repo = names_from_repo or hub.names_file_labels(folder, source.names_file)
+    log.info("%s: commit %s", hub_datasets.describe(source, revision), commit)
+    folder = hub_datasets.snapshot(source, [p for role in ROLES for p in patterns[role]], revision=commit, cache_dir=cache)
+    names_from_repo = hub_datasets.card_label_names(card, source.config, source.label_column)
+    names_from_repo = names_from_repo or hub_datasets.names_file_labels(folder, source.names_file)
     readers = {}
     for role in ROLES:
-        where = f"{hub.describe(source, revision)} split {source.splits[role]!r}"
-        files = hub.match_files(folder, patterns[role], source.file_format)
+        where = f"{hub_datasets.describe(source, revision)} split {source.splits[role]!r}"
+        files = hub_datasets.match_files(folder, patterns[role], source.file_format)
         if not files:
             raise InputError(f"{where}: no {source.file_format} files match {patterns[role]} in {folder}")
         if source.file_format == "webdataset":

@@ -9,12 +9,14 @@ tasks identically) and in torchvision's dataset classes; each `exact` entry says
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from mergeflow.image_tasks.registry import get_task
+from mergeflow.data import classes_path
+from mergeflow.image_tasks.registry import TASKS, get_task
 from mergeflow.image_tasks.val_split import val_size
-from mergeflow.io import InputError
+from mergeflow.io import InputError, read_json
 
 DATA_SOURCES = ("huggingface", "torchvision", "folder")
 # Expert sources fine-tuned by the task_vectors / TALL-masks code (CART re-uploads both): one split rule, one head code.
@@ -222,3 +224,16 @@ def class_texts(task: str, texts: str, *, emnist_split: str = "digits") -> tuple
     spec = get_task(task, emnist_split=emnist_split)
     names = spec.experts_classnames if texts == "experts" and spec.experts_classnames else spec.classnames
     return names, spec.templates
+
+
+def prepared_experts_class_texts(
+    data_dir: str | os.PathLike[str], num_classes: int
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The experts' code's class texts of the real task prepared in `data_dir` (its classnames.json names it)."""
+    task = read_json(classes_path(data_dir)).get("task")
+    if task not in TASKS:
+        raise InputError(f"{classes_path(data_dir)}: task {task!r} has no experts' class texts (real tasks only)")
+    names, templates = class_texts(task, "experts")
+    if len(names) != num_classes:
+        raise InputError(f"{classes_path(data_dir)}: {num_classes} classes, but the experts' {task} has {len(names)}")
+    return names, templates

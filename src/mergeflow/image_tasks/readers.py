@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mergeflow.image_tasks.hub import schema_label_names
+from mergeflow.image_tasks.hub_datasets import schema_label_names
 from mergeflow.image_tasks.registry import FolderSource, HubSource, TorchvisionSource
 from mergeflow.io import InputError
 

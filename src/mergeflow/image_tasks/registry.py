@@ -5,7 +5,7 @@ Class names and prompt templates live in `classes.json` (package data); they fol
 file; a source's labels are remapped to it by class name (see `mergeflow.image_tasks.labels`).
 
 Each `HubSource` records the repo as it is served: file layout, split names, column names. `README.md`'s `configs`
-section, when present, overrides the `data_files` globs kept here (see `mergeflow.image_tasks.hub`).
+section, when present, overrides the `data_files` globs kept here (see `mergeflow.image_tasks.hub_datasets`).
 """
 
 from __future__ import annotations

@@ -14,8 +14,6 @@ _EXPORTS = {
     "plot_per_task": "per_task",
     "load_published": "published",
     "published_averages": "published",
-    "load_method_results": "results",
-    "load_reference": "results",
     "plot_scaling": "scaling",
     "scaling_table": "scaling",
     "write_scaling_table": "scaling",
@@ -36,7 +34,6 @@ if TYPE_CHECKING:
     from mergeflow.report.heatmap import lambda_rank_grid, plot_lambda_rank_heatmap
     from mergeflow.report.per_task import plot_per_task
     from mergeflow.report.published import load_published, published_averages
-    from mergeflow.report.results import load_method_results, load_reference
     from mergeflow.report.scaling import plot_scaling, scaling_table, write_scaling_table
     from mergeflow.report.spectrum import read_matrix_spectra, reconstruction_error, spectrum_curves, subspace_overlap
     from mergeflow.report.spectrum_figures import plot_spectrum_energy, plot_spectrum_error_interference

@@ -16,8 +16,8 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from mergeflow.adaptive.artefact import LearnedMerge
+from mergeflow.evaluation.results import PathLike
 from mergeflow.io import InputError
-from mergeflow.report.results import PathLike
 from mergeflow.report.style import figure_style, heading, save_figure
 from mergeflow.report.tables import display_name
 

@@ -13,8 +13,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
+from mergeflow.evaluation.results import PathLike, source_of
 from mergeflow.io import InputError
-from mergeflow.report.results import PathLike, source_of
 from mergeflow.report.style import GREY, KIND_STYLES, OKABE_ITO, figure_style, heading, save_figure
 
 SWEEP_METHOD_LABELS = {

@@ -16,8 +16,8 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from mergeflow.evaluation.results import PathLike, source_of
 from mergeflow.io import InputError
-from mergeflow.report.results import PathLike, source_of
 from mergeflow.report.style import figure_style, heading, save_figure
 from mergeflow.report.tables import display_name
 

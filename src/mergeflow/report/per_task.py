@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from mergeflow.evaluation.results import PathLike
 from mergeflow.io import InputError
-from mergeflow.report.results import PathLike
 from mergeflow.report.style import GREY, LIGHT_GREY, OKABE_ITO, figure_style, heading, save_figure
 from mergeflow.report.tables import AVERAGE_COLUMN, INDIVIDUAL_ROW, ZERO_SHOT_ROW, display_name, task_columns
 

@@ -33,9 +33,9 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from mergeflow.checkpoints.tables import EXPERTS_ORDER
+from mergeflow.evaluation.results import PathLike, read_text_csv
 from mergeflow.image_tasks.registry import TASK_GROUPS
 from mergeflow.io import InputError
-from mergeflow.report.results import PathLike, read_text_csv
 
 T = TypeVar("T", int, float)
 

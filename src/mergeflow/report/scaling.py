@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from mergeflow.evaluation.results import PathLike
 from mergeflow.io import InputError
-from mergeflow.report.results import PathLike
 from mergeflow.report.style import KIND_STYLES, figure_style, heading, save_figure
 from mergeflow.report.tables import (
     AVERAGE_COLUMN,

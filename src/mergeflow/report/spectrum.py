@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 from safetensors import SafetensorError, safe_open
 
+from mergeflow.evaluation.results import PathLike
 from mergeflow.io import InputError
 from mergeflow.merging.keys import is_cart_matrix
-from mergeflow.report.results import PathLike
 
 KINDS = ("centered", "original")
 # Human-readable layer types, keyed by the end of the state-dict key.

@@ -17,8 +17,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
+from mergeflow.evaluation.results import PathLike
 from mergeflow.io import InputError
-from mergeflow.report.results import PathLike
 from mergeflow.report.spectrum import ALL_LAYERS, KINDS, LAYER_TYPES, SPECTRUM_COLUMNS
 from mergeflow.report.style import GREY, KIND_STYLES, figure_style, heading, save_figure
 

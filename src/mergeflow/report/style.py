@@ -22,8 +22,8 @@ import matplotlib.style
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from mergeflow.evaluation.results import PathLike
 from mergeflow.io import atomic_path
-from mergeflow.report.results import PathLike
 
 PNG_DPI = 200
 

@@ -4,7 +4,7 @@
 LaTeX renderings format exactly those numbers to one decimal, so every printed
 number is the CSV value rounded. Absolute-accuracy rows carry the published
 average (`mergeflow.report.published`) and our difference from it, where one applies.
-Given each row's per-image test correctness (`mergeflow.report.correctness`), every
+Given each row's per-image test correctness (`mergeflow.evaluation.correctness`), every
 number also gets a 95% bootstrap interval over test images, and every row the paired
 difference of its average from CART's (`mergeflow.report.bootstrap`).
 """
@@ -20,8 +20,10 @@ import numpy as np
 import pandas as pd
 
 from mergeflow.adaptive.settings import non_default_settings
+from mergeflow.evaluation.correctness import INDIVIDUAL_ROW, ZERO_SHOT_ROW, PerImageCorrectness
+from mergeflow.evaluation.results import PathLike, source_of
 from mergeflow.io import InputError, atomic_path, write_text
-from mergeflow.method_entries import ADAPTIVE_METHODS, is_adaptive
+from mergeflow.merging.entries import ADAPTIVE_METHODS, is_adaptive
 from mergeflow.report.bootstrap import (
     CONFIDENCE,
     DEFAULT_RESAMPLES,
@@ -30,9 +32,7 @@ from mergeflow.report.bootstrap import (
     bootstrap_intervals,
     resampled_accuracies,
 )
-from mergeflow.report.correctness import INDIVIDUAL_ROW, ZERO_SHOT_ROW, PerImageCorrectness
 from mergeflow.report.published import PublishedNumber, published_for
-from mergeflow.report.results import PathLike, source_of
 
 METHOD_DISPLAY_NAMES = {
     "zeroshot": "zero-shot merge",
@@ -135,7 +135,7 @@ def main_table(
     entries and `zeroshot` / `individual`) and are empty without it, the CART columns are empty when no
     method is `cart`. `resamples` and `seed`: see `mergeflow.report.bootstrap`. Methods appear in the
     order of their first row in `results`, the test-time adaptive ones
-    (`mergeflow.method_entries.ADAPTIVE_METHODS`) after all others.
+    (`mergeflow.merging.entries.ADAPTIVE_METHODS`) after all others.
     """
     task_list = _checked_tasks(tasks)
     numbers = published or {}

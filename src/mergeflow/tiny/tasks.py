@@ -1,7 +1,7 @@
 """The tiny tasks' content: twenty procedurally generated image-classification tasks for offline benchmarks.
 
 Each task labels one attribute of the image (shape, colour, texture, digit, count, orientation, position,
-size, and the twelve of `more_scenes` that tiny14 and tiny20 add) while the other attributes vary at random
+size, and the twelve of `tiny20_scenes` that tiny14 and tiny20 add) while the other attributes vary at random
 as nuisance. This module draws the content only; `mergeflow.tiny.domains` gives each task its own look
 and the task splits their shared shift.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mergeflow.io import InputError
-from mergeflow.tiny import more_scenes, render
+from mergeflow.tiny import render, tiny20_scenes
 from mergeflow.tiny.glyphs import DIGIT_TEXTURES, GLYPH_COLS, GLYPH_ROWS, TEXELS_PER_CELL, TEXTURE_PAD
 from mergeflow.tiny.render import Grid, Scene
 
@@ -89,7 +89,7 @@ TINY_TASKS: dict[str, TinyTask] = {
             ("tiny", "small", "medium", "large"),
             ("a {} object.", "a photo of a {} thing.", "something {} in size."),
         ),
-        # tiny14 adds the next six, tiny20 all twelve (scenes in more_scenes).
+        # tiny14 adds the next six, tiny20 all twelve (scenes in tiny20_scenes).
         TinyTask(
             "arrows",
             ("up", "down", "left", "right"),
@@ -122,7 +122,7 @@ TINY_TASKS: dict[str, TinyTask] = {
         ),
         TinyTask(
             "alphabet",
-            more_scenes.LETTERS,
+            tiny20_scenes.LETTERS,
             ("the letter {}.", "a capital letter {}.", "a pixel font letter {}."),
         ),
         TinyTask(
@@ -347,18 +347,18 @@ _SCENES: dict[str, Callable[[np.random.Generator, np.ndarray, Grid], Scene]] = {
     "orientation": _orientation,
     "position": _position,
     "sizes": _sizes,
-    "arrows": more_scenes.arrows,
-    "outlines": more_scenes.outlines,
-    "distances": more_scenes.distances,
-    "frames": more_scenes.frames,
-    "blur": more_scenes.blur,
-    "relations": more_scenes.relations,
-    "alphabet": more_scenes.alphabet,
-    "stripes": more_scenes.stripes,
-    "shading": more_scenes.shading,
-    "saturation": more_scenes.saturation,
-    "angles": more_scenes.angles,
-    "pies": more_scenes.pies,
+    "arrows": tiny20_scenes.arrows,
+    "outlines": tiny20_scenes.outlines,
+    "distances": tiny20_scenes.distances,
+    "frames": tiny20_scenes.frames,
+    "blur": tiny20_scenes.blur,
+    "relations": tiny20_scenes.relations,
+    "alphabet": tiny20_scenes.alphabet,
+    "stripes": tiny20_scenes.stripes,
+    "shading": tiny20_scenes.shading,
+    "saturation": tiny20_scenes.saturation,
+    "angles": tiny20_scenes.angles,
+    "pies": tiny20_scenes.pies,
 }
 
 

@@ -22,7 +22,7 @@ from mergeflow.merging.context import (
     load_context,
     progress_over,
 )
-from mergeflow.merging.selection import KthLargest
+from mergeflow.merging.kth_largest import KthLargest
 from mergeflow.merging.sources import TensorSource
 from mergeflow.merging.vectors import sum_over_tasks
 

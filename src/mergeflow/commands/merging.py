@@ -1,4 +1,4 @@
-"""`mergeflow merge`: the command-line face of the merging engine (and the lines `mergeflow methods` prints)."""
+"""`mergeflow merge` and `mergeflow methods`: the command-line face of the merging engine and its registry."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 # which every pipeline job does, stays fast.
 
 
-def add_merge_command(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `merge` subcommand; it sets `func(args) -> exit code`."""
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `merge` and `methods`; each sets `func(args) -> exit code`."""
     merge = subparsers.add_parser(
         "merge",
         help="merge fine-tuned image encoders into one",
@@ -44,6 +44,10 @@ def add_merge_command(subparsers: argparse._SubParsersAction) -> None:
         help="compute device (default auto: cuda when available, else cpu)",
     )
     merge.set_defaults(func=run_merge)
+    methods = subparsers.add_parser(
+        "methods", help="list every merging method (static and test-time adaptive) with its settings and defaults"
+    )
+    methods.set_defaults(func=run_methods)
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, str]:
@@ -99,6 +103,18 @@ def run_merge(args: argparse.Namespace) -> int:
     print(f"tasks: {len(args.finetuned)}")
     print(f"tensors touched: {summary.tensors_touched} of {summary.tensors_total}")
     print(f"output: {summary.output}")
+    return 0
+
+
+def run_methods(args: argparse.Namespace) -> int:
+    """Every method a config's `methods` may name: the static merges, then the test-time adaptive ones."""
+    from mergeflow.adaptive.settings import SETTINGS_CLASSES, describe_settings
+    from mergeflow.merging.registry import METHODS
+
+    for method in METHODS.values():
+        print("\n".join(describe_method(method)))
+    for settings in SETTINGS_CLASSES.values():
+        print("\n".join(describe_settings(settings)))
     return 0
 
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mergeflow.model import ModelSpec, images_to_tensor
-from mergeflow.optim import adamw, cosine_with_warmup
+from mergeflow.models.clip import ModelSpec, images_to_tensor
+from mergeflow.training.optim import adamw, cosine_with_warmup
 
 
 @dataclass(frozen=True)

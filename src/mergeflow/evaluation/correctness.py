@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mergeflow.evaluation.results import PathLike
 from mergeflow.io import InputError, atomic_path
-from mergeflow.report.results import PathLike
 
 # row → task → per-image correctness (bool, test-image order)
 Correctness = dict[str, dict[str, np.ndarray]]

@@ -1,7 +1,7 @@
 """Fine-tuned tiny encoders shipped with the repository, installed only when a job's inputs and settings are theirs.
 
 Fine-tuning the tiny8 tasks was half of the default run's compute and, like pre-training θ_0
-(mergeflow.shipped), it gives the same bytes every time on one machine type. A shipped folder holds
+(mergeflow.shipped.theta0), it gives the same bytes every time on one machine type. A shipped folder holds
 `<task>.safetensors` and `<task>.json` per task; the JSON records the fine-tuning settings, the sha256 of
 every file the result is a function of, the encoder's own sha256 and how it was made. The finetune verb
 copies the encoder when the settings and every input digest equal the job's, and fine-tunes otherwise, so a
@@ -17,6 +17,7 @@ generated with NumPy and are the same with and without its AVX-512 kernels (READ
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Mapping
@@ -25,12 +26,14 @@ from typing import Any
 
 from mergeflow.data import classes_path, split_paths
 from mergeflow.io import InputError, atomic_path, read_json, sha256_file, write_json
-from mergeflow.model import pretrained_path, text_path
-from mergeflow.shipped import check_sha256, recipe_differences
+from mergeflow.models.clip import pretrained_path, text_path
+from mergeflow.shipped.theta0 import check_sha256, recipe_differences
 
 # What a fine-tuned encoder is a function of, besides the settings: θ_0, the two files its frozen head is
 # computed from (the text tower with the logit scale; the class names and templates) and the train split.
 FINETUNE_INPUTS = ("pretrained", "text_tower", "classes", "train_images", "train_labels")
+
+log = logging.getLogger("mergeflow")
 
 
 def encoder_path(directory: str | os.PathLike[str], task: str) -> Path:
@@ -91,6 +94,30 @@ def install_finetuned(directory: str | os.PathLike[str], task: str, out: str | o
     check_sha256(source, recipe["sha256"], "config/tiny/ship_finetuned.py")
     with atomic_path(out) as tmp:
         shutil.copyfile(source, tmp)
+
+
+def install_if_same_recipe(
+    directory: str | os.PathLike[str],
+    settings: Mapping[str, Any],
+    model_dir: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+) -> bool:
+    """Install the shipped encoder of the task in `data_dir` when it is exactly this job's result; log why not."""
+    task = Path(data_dir).name
+    differences = unmatched_inputs(directory, task, finetune_recipe(settings, finetune_inputs(model_dir, data_dir)))
+    if differences is None:
+        log.info("fine-tuning: %s ships no encoder for %r", directory, task)
+        return False
+    if differences:
+        log.info("fine-tuning: the shipped encoder of %r in %s was made with other %s", task, directory,
+                 ", ".join(differences))  # fmt: skip
+        return False
+    install_finetuned(directory, task, out)
+    log.info("installed the shipped fine-tuned encoder of %r from %s (same settings, and by sha256 the same θ_0, "
+             "text tower, class names and train split; the encoder's own sha256 checked)",
+             task, directory)  # fmt: skip
+    return True
 
 
 def ship_finetuned(

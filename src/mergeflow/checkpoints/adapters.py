@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mergeflow.checkpoints import hub, tables
+from mergeflow.checkpoints import hub_files, tables
 from mergeflow.checkpoints.download import SHA256_PATTERN, check_url, default_cache_dir, fetch_verified
 from mergeflow.checkpoints.record import sha256_file
 from mergeflow.io import InputError
@@ -95,11 +95,11 @@ def _format(pattern: str, config_key: str, **fields: str) -> str:
 
 
 def _hub_located(
-    kind: str, found: hub.HubFile, layout: str, key_prefix: str | None, caveat: str | None = None, **extra: Any
+    kind: str, found: hub_files.HubFile, layout: str, key_prefix: str | None, caveat: str | None = None, **extra: Any
 ) -> Located:
     """Provenance of a hub file; a cached LFS file whose content no longer matches its hub sha256 is refused."""
     digest = sha256_file(found.local_path)
-    announced = hub.cached_blob_sha256(found.local_path)
+    announced = hub_files.cached_blob_sha256(found.local_path)
     if announced is not None and announced != digest:
         raise InputError(
             f"{found.label}: the cached file is damaged or truncated (hub sha256 {announced}, content {digest}); "
@@ -130,7 +130,7 @@ def locate_tall_masks(options: Options, model: str, task: str, cache_dir: str | 
     candidates = [tables.TALL_MASKS_PATTERN.format(model_dir=d, task_dir=task_dir) for d in model_dirs]
     repo_id = str(options.text("repo_id", tables.TALL_MASKS_REPO))
     revision = _revision(options, repo_id)
-    found = hub.download(repo_id, candidates, revision=revision, cache_dir=cache_dir, config_key=CONFIG_ROOT)
+    found = hub_files.download(repo_id, candidates, revision=revision, cache_dir=cache_dir, config_key=CONFIG_ROOT)
     return _hub_located("tall_masks", found, "open_clip", tables.IMAGE_ENCODER_PREFIX)
 
 
@@ -176,7 +176,7 @@ def locate_cart_authors(options: Options, model: str, task: str, cache_dir: str 
     key = Options.key("pattern")
     candidates = [_format(p, key, task=task, model=model) for p in options.patterns("pattern", tables.CART_PATTERNS)]
     revision = _revision(options, repo_id)
-    found = hub.download(repo_id, candidates, revision=revision, cache_dir=cache_dir, config_key=CONFIG_ROOT)
+    found = hub_files.download(repo_id, candidates, revision=revision, cache_dir=cache_dir, config_key=CONFIG_ROOT)
     return _hub_located("cart_authors", found, "open_clip", options.text("key_prefix", tables.IMAGE_ENCODER_PREFIX))
 
 
@@ -200,7 +200,7 @@ def locate_fusionbench(options: Options, model: str, task: str, cache_dir: str |
     slug = _lookup(tables.FUSIONBENCH_SLUGS, task, "task", "fusionbench")
     repo_id = tables.FUSIONBENCH_REPO.format(hf_model=hf_model, slug=slug)
     revision = _revision(options, repo_id)
-    config_file = hub.download(
+    config_file = hub_files.download(
         repo_id, [tables.FUSIONBENCH_CONFIG], revision=revision, cache_dir=cache_dir, config_key=CONFIG_ROOT
     )
     try:
@@ -208,7 +208,7 @@ def locate_fusionbench(options: Options, model: str, task: str, cache_dir: str |
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{config_file.label}: not valid JSON ({err})") from None
     check_clip_vision_config(config, config_file.label)
-    weights = hub.download(
+    weights = hub_files.download(
         repo_id, [tables.FUSIONBENCH_WEIGHTS], revision=revision, cache_dir=cache_dir, config_key=CONFIG_ROOT
     )
     caveat = tables.FUSIONBENCH_CAVEATS.get(task)

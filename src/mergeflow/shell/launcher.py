@@ -1,6 +1,6 @@
 """The `mergeflow` console command: hand the job to a warm job server when one is offered, else run it here.
 
-Only the standard library is imported here, so a job forwarded to `mergeflow.job_server` starts in
+Only the standard library is imported here, so a job forwarded to `mergeflow.shell.job_server` starts in
 milliseconds instead of paying torch's and open_clip's imports (seconds) again.
 """
 
@@ -13,9 +13,6 @@ import sys
 
 # Set by the Snakefile's onstart hook for local runs: the Unix socket of the workflow's job server.
 SERVER_ENV = "MERGEFLOW_JOB_SERVER"
-
-# In a job forked by the server: the server's process id (the job's log says so).
-forked_by_server: int | None = None
 
 
 def request(argv: list[str]) -> dict[str, object]:
@@ -65,7 +62,7 @@ def run() -> int:
         status = forward(address, sys.argv[1:])
         if status is not None:
             return status
-    from mergeflow.cli import run as run_here
+    from mergeflow.commands.main import run as run_here
 
     return run_here()
 

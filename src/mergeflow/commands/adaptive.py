@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 
-from mergeflow.io import InputError
+from mergeflow.commands.arguments import add_evaluation_arguments, json_value
+from mergeflow.commands.inputs import EvaluationJob
 
 log = logging.getLogger("mergeflow")
 
 
-def add_adaptive_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add `adapt-eval`; the caller adds the evaluation inputs every accuracy-measuring verb shares."""
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "adapt-eval",
         help="learn a test-time adaptive merge on unlabeled test images, then evaluate it on val and test",
@@ -20,12 +19,15 @@ def add_adaptive_commands(subparsers: argparse._SubParsersAction) -> argparse.Ar
         "entropy of each task's unlabeled test images; labels are read only afterwards, to measure accuracy.",
     )
     parser.add_argument("--method", required=True, help="adamerging, adamerging_cart or adarank (or name@variant)")
-    parser.add_argument("--settings", default="{}", help="JSON object: the config's settings of the method")
+    parser.add_argument(
+        "--settings", type=json_value, default={}, help="JSON object: the config's settings of the method"
+    )
     parser.add_argument("--cart-eval", default=None, help="cart's merge_eval CSV, for settings given as 'selected'")
     parser.add_argument("--learned", required=True, help="safetensors file for the learned coefficients and masks")
     parser.add_argument("--entropy", required=True, help="CSV file for the entropy per step and task")
+    add_evaluation_arguments(parser)
+    parser.add_argument("--reference", required=True, help="CSV written by evaluate-reference")
     parser.set_defaults(func=cmd_adapt_eval)
-    return parser
 
 
 def cmd_adapt_eval(args: argparse.Namespace) -> int:
@@ -34,34 +36,22 @@ def cmd_adapt_eval(args: argparse.Namespace) -> int:
     from mergeflow.adaptive import UnlabeledTask, save_learned_merge
     from mergeflow.adaptive.job import adapt_and_evaluate, cart_selection
     from mergeflow.adaptive.settings import method_settings
-    from mergeflow.cli import _evaluator, _load_finetuned, _reference, _same_length, _setup, _task_splits
-    from mergeflow.heads import load_head
-    from mergeflow.io import atomic_path, load_state_dict
-    from mergeflow.model import pretrained_path
-    from mergeflow.report.correctness import save_correctness
-    from mergeflow.report.results import load_method_results
+    from mergeflow.evaluation.correctness import save_correctness
+    from mergeflow.evaluation.results import load_method_results
+    from mergeflow.io import atomic_path
+    from mergeflow.models.heads import load_head
 
-    _same_length(args, ["tasks", "heads", "data", "finetuned"])
-    try:
-        values = json.loads(args.settings)
-    except json.JSONDecodeError as err:
-        raise InputError(f"--settings: not valid JSON ({err})") from None
     cart = cart_selection(load_method_results([args.cart_eval]), args.cart_eval) if args.cart_eval else None
-    settings = method_settings(args.method, values, cart)
+    settings = method_settings(args.method, args.settings, cart)
     log.info("%s settings: %s", args.method, settings)
-    device = _setup(args, settings.seed)
-    pretrained = load_state_dict(pretrained_path(args.model_dir))
-    reference = _reference(args)
-    splits = _task_splits(args)
-    evaluator = _evaluator(args, device, pretrained, splits)
-    finetuned = _load_finetuned(args.finetuned, pretrained, pretrained_path(args.model_dir))
+    job = EvaluationJob(args, seed=settings.seed, reference=True)
     # Adaptation sees each task's test images and its head; the labels stay in the evaluator.
     unlabeled = [
         UnlabeledTask(split.name, split.test[0], split.head, load_head(head)[1])
-        for split, head in zip(splits, args.heads)
+        for split, head in zip(job.splits, args.heads)
     ]
-    rows, result = adapt_and_evaluate(args.method, settings, evaluator, pretrained, finetuned, unlabeled, reference,
-                                      device, progress=not args.no_progress)  # fmt: skip
+    rows, result = adapt_and_evaluate(args.method, settings, job.evaluator, job.pretrained, job.finetuned, unlabeled,
+                                      job.reference, job.device, progress=not args.no_progress)  # fmt: skip
     curve = pd.DataFrame(result.task_entropy, columns=args.tasks)
     curve.insert(0, "step", range(len(curve)))
     curve["total"] = result.entropy
@@ -69,7 +59,7 @@ def cmd_adapt_eval(args: argparse.Namespace) -> int:
         log.info("step %d: entropy %.4f", step, curve["total"].iloc[step])
     save_learned_merge(args.learned, result.learned)
     # The adapted encoder is still loaded: one more test pass keeps its per-image correctness for the tables.
-    save_correctness(args.correct, {args.method: evaluator.correct("test")})
+    save_correctness(args.correct, {args.method: job.evaluator.correct("test")})
     with atomic_path(args.entropy) as tmp:
         curve.to_csv(tmp, index=False)
     with atomic_path(args.out) as tmp:

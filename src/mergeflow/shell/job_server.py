@@ -2,7 +2,7 @@
 
 Every job of a local Snakemake run is one `mergeflow` command, and most of a small job's time is spent
 importing torch and open_clip (about 5 s on two CPU cores). The server imports them once, then for each
-connection from `mergeflow.launcher` forks a child that takes over the client's stdin/stdout/stderr,
+connection from `mergeflow.shell.launcher` forks a child that takes over the client's stdin/stdout/stderr,
 working directory and environment, runs the command, and reports its exit status back. Nothing else is
 shared: a child starts from the server's freshly imported, never-used modules, so its results are those of
 a new process. The server declines a job (the client then runs it itself) when the client's Python, package
@@ -27,8 +27,8 @@ import time
 import traceback
 from pathlib import Path
 
-from mergeflow import launcher
-from mergeflow.launcher import SERVER_ENV
+from mergeflow.runtime.process import mark_forked_by_server
+from mergeflow.shell.launcher import SERVER_ENV
 
 # Read when a library is first imported (here, in the server), so a job whose value differs must not be
 # forked from it. Thread counts and CUDA_VISIBLE_DEVICES are applied per job and may differ. The CPU kernel
@@ -60,21 +60,21 @@ def decline_reason(job: dict[str, object], server_env: dict[str, str]) -> str | 
 
 def warm_imports() -> None:
     """Everything a job imports that costs start-up time; none of it may run torch operations or touch CUDA."""
-    sys.modules.setdefault("transformers", None)  # type: ignore[arg-type]  (as mergeflow.cli.run does)
+    sys.modules.setdefault("transformers", None)  # type: ignore[arg-type]  (as mergeflow.commands.main.run does)
     import matplotlib  # noqa: F401
     import numpy  # noqa: F401
     import open_clip  # noqa: F401
     import pandas  # noqa: F401
     import torch  # noqa: F401
 
-    import mergeflow.cli
-    import mergeflow.evaluate
-    import mergeflow.finetune
-    import mergeflow.merge_eval
+    import mergeflow.commands.main
+    import mergeflow.evaluation.accuracy
+    import mergeflow.evaluation.sweep
     import mergeflow.merging.engine
-    import mergeflow.pretrain  # noqa: F401
+    import mergeflow.training.finetune
+    import mergeflow.training.pretrain  # noqa: F401
 
-    mergeflow.cli.build_parser()  # imports every verb's module-level dependencies
+    mergeflow.commands.main.build_parser()  # imports every verb's module-level dependencies
 
 
 def _run_child(conn: socket.socket, fds: list[int], env: dict[str, str], job: dict[str, object]) -> int:
@@ -99,8 +99,8 @@ def _run_child(conn: socket.socket, fds: list[int], env: dict[str, str], job: di
         os.killpg(0, signal.SIGKILL)
 
     threading.Thread(target=die_with_client, daemon=True).start()
-    launcher.forked_by_server = os.getppid()
-    from mergeflow.cli import main
+    mark_forked_by_server(os.getppid())
+    from mergeflow.commands.main import main
 
     try:
         return int(main(argv))
@@ -243,7 +243,7 @@ def start(timeout_s: float = 0.0) -> subprocess.Popen[bytes]:
     """
     directory = tempfile.mkdtemp(prefix="mergeflow-jobs-")
     address = os.path.join(directory, "socket")
-    command = [sys.executable, "-m", "mergeflow.job_server", "--address", address, "--parent", str(os.getpid())]
+    command = [sys.executable, "-m", "mergeflow.shell.job_server", "--address", address, "--parent", str(os.getpid())]
     server = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
     os.environ[SERVER_ENV] = address
     deadline = time.monotonic() + timeout_s
@@ -267,7 +267,7 @@ def stop_server(server: subprocess.Popen[bytes]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mergeflow.job_server", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mergeflow.shell.job_server", description=__doc__)
     parser.add_argument("--address", required=True, help="Unix socket path to listen on")
     parser.add_argument("--parent", type=int, required=True, help="exit when this process is gone")
     args = parser.parse_args(argv)

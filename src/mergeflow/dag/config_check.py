@@ -20,8 +20,8 @@ from mergeflow.adaptive.settings import FROM_CART, SELECTED, method_settings
 from mergeflow.checkpoints import tables
 from mergeflow.image_tasks.registry import TASKS as IMAGE_TASKS
 from mergeflow.io import InputError
+from mergeflow.merging.entries import ADAPTIVE_METHODS, base_method, expand_grid, is_adaptive
 from mergeflow.merging.registry import METHODS, resolve_hparams
-from mergeflow.method_entries import ADAPTIVE_METHODS, base_method, expand_grid, is_adaptive
 from mergeflow.tiny.tasks import TINY_TASKS
 
 # Config values that become one component of a path under results/.

@@ -59,6 +59,16 @@ def load_reference(path: PathLike) -> pd.DataFrame:
     return reference
 
 
+def individual_accuracies(path: PathLike, tasks: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Split → task → the individual model's accuracy, from `evaluate-reference`'s CSV (the normalisers)."""
+    table = load_reference(path)
+    reference = {split: dict(zip(group["task"], group["individual"])) for split, group in table.groupby("split")}
+    missing = [t for t in tasks if t not in reference.get("val", {}) or t not in reference.get("test", {})]
+    if missing:
+        raise InputError(f"{path}: no val/test rows for tasks {missing}")
+    return reference
+
+
 def load_method_results(paths: Sequence[PathLike], tasks: Sequence[str] | None = None) -> pd.DataFrame:
     """Read one CSV per merging method and concatenate them in the given order.
 

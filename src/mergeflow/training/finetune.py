@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mergeflow.heads import head_logits
-from mergeflow.model import ModelSpec, images_to_tensor
-from mergeflow.optim import adamw, cosine_with_warmup
+from mergeflow.models.clip import ModelSpec, images_to_tensor
+from mergeflow.models.heads import head_logits
+from mergeflow.training.optim import adamw, cosine_with_warmup
 
 
 @dataclass(frozen=True)

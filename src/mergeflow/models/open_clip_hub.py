@@ -17,12 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mergeflow.checkpoints.hub import snapshot_commit
+from mergeflow.checkpoints.hub_files import snapshot_commit
 from mergeflow.checkpoints.readers import read_tensors
 from mergeflow.checkpoints.record import sha256_file
 from mergeflow.checkpoints.tables import default_revision
 from mergeflow.io import InputError
-from mergeflow.model import OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD, ModelSpec, build_clip, load_weights, save_model_dir
+from mergeflow.models.clip import (
+    OPENAI_IMAGE_MEAN,
+    OPENAI_IMAGE_STD,
+    ModelSpec,
+    build_clip,
+    load_weights,
+    save_model_dir,
+)
 
 log = logging.getLogger(__name__)
 

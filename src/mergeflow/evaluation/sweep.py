@@ -14,13 +14,13 @@ import torch
 from tqdm import tqdm
 
 from mergeflow import merging
-from mergeflow.evaluate import EvalSettings, predict_staged, stage_splits
+from mergeflow.evaluation.accuracy import EvalSettings, predict_staged, stage_splits
+from mergeflow.evaluation.correctness import INDIVIDUAL_ROW, ZERO_SHOT_ROW, Correctness
+from mergeflow.evaluation.selection import as_rows, mark_selection, selected_settings, setting_key, sweep_axis_of
 from mergeflow.io import InputError
-from mergeflow.method_entries import base_method, expand_grid, factor_kind
-from mergeflow.model import ModelSpec, check_weights
-from mergeflow.report.correctness import INDIVIDUAL_ROW, ZERO_SHOT_ROW, Correctness
-from mergeflow.runtime import synchronize
-from mergeflow.selection import as_rows, mark_selection, selected_settings, setting_key, sweep_axis_of
+from mergeflow.merging.entries import base_method, expand_grid, factor_kind
+from mergeflow.models.clip import ModelSpec, check_weights
+from mergeflow.runtime.device import synchronize
 from mergeflow.types import StateDict
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def reference_accuracies(
 
     Returns the table (columns task, split, zeroshot, individual; val rows first, tasks in the evaluator's
     order) and the per-image test correctness behind its test rows, under the rows `zero-shot` and
-    `individual` (`mergeflow.report.correctness`).
+    `individual` (`mergeflow.evaluation.correctness`).
     """
     evaluator.load_state_dict(pretrained, "pretrained state dict")
     zeroshot_by_split = {}
@@ -179,7 +179,7 @@ def sweep_method(
     """Evaluate every setting of `grid` on val, then the selected settings on test.
 
     Returns the rows of every pass, and the per-image test correctness of the overall val-selected setting
-    (row `method`; `mergeflow.report.correctness`), which the tables' bootstrap intervals resample.
+    (row `method`; `mergeflow.evaluation.correctness`), which the tables' bootstrap intervals resample.
     `method` is a config entry (a registry name, or `name@variant`); rows are labelled with it.
     Settings that differ only in `lam` share one merge direction (origin + lam·delta), and spectral
     methods share one SVD per (task, matrix) across the whole grid. `reference[split][task]` is the
@@ -275,7 +275,7 @@ def combine_sweep_parts(
     """The table `sweep_method` returns for `grid`, from its tables for parts of the grid's rank list, and the
     index of the part whose own selection is the whole grid's (its per-image correctness is the method's).
 
-    Each part (`mergeflow.job_resources.sweep_parts`) evaluated every setting at its ranks on val and each
+    Each part (`mergeflow.dag.resources.sweep_parts`) evaluated every setting at its ranks on val and each
     rank's val-best setting on test. The val rows of the whole grid then pick the overall best again, which is
     one of those; rows come in a single sweep's order, so the written table has the same bytes as one job's.
     """

@@ -36,7 +36,7 @@ def kept_rank_stem(method: str) -> str:
     return f"{method}_kept_rank"
 
 
-def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "aggregate",
         help="write the main table (csv, md, tex) and the rank-sweep and per-task figures (png, pdf)",
@@ -157,8 +157,9 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def run_aggregate(args: argparse.Namespace) -> int:
     # Imported here: pandas and matplotlib would slow every other `mergeflow` verb's start-up.
+    from mergeflow.evaluation.correctness import read_correctness_files
+    from mergeflow.evaluation.results import load_method_results, load_reference
     from mergeflow.io import atomic_path
-    from mergeflow.report.correctness import read_correctness_files
     from mergeflow.report.figures import plot_rank_sweep
     from mergeflow.report.per_task import plot_per_task
     from mergeflow.report.provenance import APPROXIMATE_MARK, approximate_val, approximate_val_note, task_provenance
@@ -169,7 +170,6 @@ def run_aggregate(args: argparse.Namespace) -> int:
         published_averages,
         run_experts,
     )
-    from mergeflow.report.results import load_method_results, load_reference
     from mergeflow.report.tables import (
         main_table,
         mark_approximate_val,
@@ -206,8 +206,8 @@ def run_aggregate(args: argparse.Namespace) -> int:
 
 
 def run_lambda_rank(args: argparse.Namespace) -> int:
+    from mergeflow.evaluation.results import load_method_results
     from mergeflow.report.heatmap import lambda_rank_grid, plot_lambda_rank_heatmap
-    from mergeflow.report.results import load_method_results
 
     results = load_method_results([args.results], tasks=args.tasks)
     method = str(results["method"].iloc[0])
@@ -261,9 +261,9 @@ def run_scaling(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry point (`python -m mergeflow.report.cli aggregate ...`)."""
+    """Stand-alone entry point (`python -m mergeflow.commands.report aggregate ...`)."""
     parser = argparse.ArgumentParser(prog="mergeflow-report")
-    add_report_commands(parser.add_subparsers(dest="command", required=True))
+    register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:
         return args.func(args)

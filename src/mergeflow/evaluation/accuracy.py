@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mergeflow.model import ModelSpec, normalise_images
+from mergeflow.models.clip import ModelSpec, normalise_images
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 

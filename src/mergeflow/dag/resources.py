@@ -138,7 +138,7 @@ def sweep_parts(
     The grid itself when one job fits. Otherwise the rank list is cut into the fewest runs of consecutive
     ranks (sizes differing by at most one) whose jobs fit. A part holds every setting at its ranks, so the
     val-best setting at each rank, which the part evaluates on test, is the one a single sweep picks there,
-    and the overall val-best setting is one of these (`mergeflow.merge_eval.combine_sweep_parts`).
+    and the overall val-best setting is one of these (`mergeflow.evaluation.sweep.combine_sweep_parts`).
     ValueError when even one rank per job does not fit, or the grid has no list of ranks to cut.
     """
 
@@ -147,7 +147,7 @@ def sweep_parts(
 
     if minutes(grid) <= max_minutes:
         return [dict(grid)]
-    from mergeflow.selection import SWEEP_AXIS
+    from mergeflow.evaluation.selection import SWEEP_AXIS
 
     ranks = grid.get(SWEEP_AXIS)
     if isinstance(ranks, list | tuple):

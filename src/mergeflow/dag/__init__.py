@@ -1,0 +1,1 @@
+"""Helpers the Snakemake workflow calls while building the DAG: config checks and job resources (torch-free)."""
