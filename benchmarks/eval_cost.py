@@ -31,12 +31,12 @@ from pathlib import Path
 
 import yaml
 
-from mergeflow.adaptive.settings import SETTINGS_CLASSES
+from mergeflow.adaptive.settings import SETTINGS_CLASSES, is_adaptive
 from mergeflow.dag.resources import grid_points
 from mergeflow.evaluation.accuracy import EvalSettings
 from mergeflow.image_tasks.provenance import prepared_split_sizes
 from mergeflow.image_tasks.registry import TASKS_20
-from mergeflow.merging.entries import base_method, is_adaptive
+from mergeflow.merging.entries import base_method
 
 REPO = Path(__file__).resolve().parents[1]
 MEASURED = REPO / "benchmarks" / "results" / "h200-2026-12-04"

@@ -29,8 +29,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from mergeflow.merging.entries import is_adaptive
-from mergeflow.report.tables import METHOD_DISPLAY_NAMES as METHOD_NAMES
+from mergeflow.adaptive.settings import is_adaptive
+from mergeflow.report.tables import method_display_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,7 +82,7 @@ def seed_results(suite: Path, methods: Mapping[str, Mapping]) -> dict:
         rows = pd.read_csv(suite / "eval" / f"{method}.csv")
         test = rows[rows["split"] == "test"]
         best = test[test["best"]]
-        per_task[METHOD_NAMES.get(method, method)] = 100 * best.set_index("task")["accuracy"]
+        per_task[method_display_name(method)] = 100 * best.set_index("task")["accuracy"]
         selected[method] = json.loads(best["setting"].iloc[0])
         if method == "cart":
             sweep = test[test["best_at_sweep"]]
@@ -118,10 +118,10 @@ def findings(result: Mapping, methods: Mapping[str, Mapping]) -> dict[str, float
     }
     for method in CART_MUST_BEAT:
         if method in methods:
-            margins[f"CART ≥ {METHOD_NAMES[method]}"] = cart - avg[METHOD_NAMES[method]]
+            margins[f"CART ≥ {method_display_name(method)}"] = cart - avg[method_display_name(method)]
     for method, static in ADAPTIVE_MUST_BEAT.items():
         if method in methods and static in methods:
-            name, static_name = METHOD_NAMES[method], METHOD_NAMES[static]
+            name, static_name = method_display_name(method), method_display_name(static)
             margins[f"{name} ≥ {static_name} (test-time adaptation)"] = avg[name] - avg[static_name]
     margins["rank bell: best interior ρ ≥ ρ=0 + 3"] = max(interior) - curve[0.0] - 3
     inside = lam_inside_grid(methods, result["selected"])
@@ -170,7 +170,7 @@ def report(results: Sequence[dict], methods: Mapping[str, Mapping], seeds: Seque
         if is_adaptive(method):
             chosen = [{key: value for key, value in c.items() if key in STARTING_SETTINGS} for c in chosen]
         if any(chosen):
-            lines.append(f"- {METHOD_NAMES.get(method, method)}: " + "; ".join(json.dumps(c) for c in chosen))
+            lines.append(f"- {method_display_name(method)}: " + "; ".join(json.dumps(c) for c in chosen))
     lines += ["", "CART test accuracy over the rank sweep (each ρ with its val-selected λ):", ""]
     ranks = sorted(results[0]["rank_curve"])
     lines.append("| ρ | " + " | ".join(f"{r:g}" for r in ranks) + " |")

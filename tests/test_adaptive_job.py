@@ -10,11 +10,10 @@ import torch.nn.functional as F
 
 from mergeflow.adaptive import UnlabeledTask
 from mergeflow.adaptive.job import adapt_and_evaluate, cart_selection
-from mergeflow.adaptive.settings import AdaMergingCartSettings, AdaRankSettings, method_settings
+from mergeflow.adaptive.settings import ADAPTIVE_METHODS, AdaMergingCartSettings, AdaRankSettings, method_settings
 from mergeflow.evaluation.accuracy import EvalSettings
 from mergeflow.evaluation.sweep import SweepEvaluator, TaskSplits, sweep_method
 from mergeflow.io import InputError, load_state_dict
-from mergeflow.merging.entries import ADAPTIVE_METHODS
 from mergeflow.models.clip import build_clip, load_image_encoder, load_spec, save_model_dir, tiny_clip_spec
 
 ARCH = {

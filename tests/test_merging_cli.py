@@ -129,15 +129,17 @@ def test_methods_lists_every_method_and_hyper_parameter(capsys: pytest.CaptureFi
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     headers = [line.split(":")[0] for line in out.splitlines() if not line.startswith(" ")]
-    adaptive = " (test-time adaptation on unlabeled test images)"
-    assert headers == list(METHODS) + [name + adaptive for name in SETTINGS_CLASSES]
+    adaptive = "; test-time adaptation on unlabeled test images)"
+    static = [f"{name} ({method.display})" for name, method in METHODS.items()]
+    assert headers == static + [f"{name} ({cls.display}{adaptive}" for name, cls in SETTINGS_CLASSES.items()]
+    assert headers[-1] == "adarank (AdaRank; test-time adaptation on unlabeled test images)"
     assert list(SETTINGS_CLASSES) == ["adamerging", "adamerging_cart", "adarank"]
     for method in METHODS.values():
         for param in method.params:
             assert f"    {param.name} ({param.type_name}, default " in out
     assert "p (float, default 0.5; [0, 1)): drop probability" in out
     assert "merge (choice, default mean; one of 'mean', 'sum')" in out
-    adarank = out[out.index("adarank" + adaptive) :]
+    adarank = out[out.index("adarank (AdaRank" + adaptive) :]
     assert "    steps (int, default 10000): Adam steps" in adarank
     assert "    initial_rank (float, required): " in adarank
     assert "    granularity (one of 'task', 'layer', default \"layer\"): " in out

@@ -6,13 +6,14 @@ import re
 import shlex
 import sys
 
-from mergeflow.dag.resources import MAX_RUNTIME_MINUTES, grid_points, job_resources, sweep_parts
-from mergeflow.merging.entries import base_method, factor_kind, is_adaptive
+from mergeflow.dag.resources import grid_points, job_resources, sweep_parts
+from mergeflow.adaptive.settings import is_adaptive
+from mergeflow.merging.entries import base_method, factor_kind
 
 MODEL = config["model"]["name"]
 MODEL_SOURCE = config["model"]["source"]
-FINETUNED = config.get("finetuned", {"source": "finetune"})
-HUB_CACHE = config.get("hub", {}).get("cache_dir")
+FINETUNED = config["finetuned"]
+HUB_CACHE = config["hub"]["cache_dir"]
 TASKS = list(config["tasks"])
 BENCHMARK = config["benchmark"]
 METHODS = list(config["methods"])
@@ -66,13 +67,13 @@ def as_json(value):
 
 # A GPU job asks the scheduler for one GPU (`--resources gpu=N` on a workstation, a SLURM GPU on a cluster);
 # with `device: cpu` nothing asks for one.
-GPUS_PER_JOB = 0 if config.get("device", "auto") == "cpu" else 1
+GPUS_PER_JOB = 0 if config["device"] == "cpu" else 1
 SCALE_MODEL = config["model"].get("open_clip", {}).get("name", MODEL)
 
 
 # No job asks for more wall time than this (`resources.max_runtime_min`; a day, the longest many SLURM partitions
 # allow). A merge_eval sweep that would is split by rank into jobs of its own whose tables rule combine_sweep joins.
-MAX_RUNTIME_MIN = config.get("resources", {}).get("max_runtime_min", MAX_RUNTIME_MINUTES)
+MAX_RUNTIME_MIN = config["resources"]["max_runtime_min"]
 
 
 def planned_sweep_parts():
@@ -164,8 +165,8 @@ def shipped_finetuned_flag():
 def evaluation_flags():
     evaluation = config["evaluation"]
     return (
-        f"--batch-size {evaluation['batch_size']} --precision {evaluation.get('precision', 'auto')}"
-        f" --resident-mb {evaluation.get('resident_mb', 4096)}"
+        f"--batch-size {evaluation['batch_size']} --precision {evaluation['precision']}"
+        f" --resident-mb {evaluation['resident_mb']}"
     )
 
 
@@ -174,7 +175,7 @@ JOB_SERVERS = []
 
 
 def start_job_server():
-    if config.get("job_server", True) and workflow.local_exec and not workflow.remote_exec:
+    if config["job_server"] and workflow.local_exec and not workflow.remote_exec:
         from mergeflow.shell.job_server import start
 
         # Waiting (about 5 s, once) lets every job of the run be forked, the first ones included.
@@ -189,14 +190,14 @@ def stop_job_servers():
 
 
 def device_flag():
-    return f"--device {config.get('device', 'auto')}"
+    return f"--device {config['device']}"
 
 
 def image_size():
     """The resolution prepare_data stores: the tiny architecture's, or the open_clip model's (224)."""
     if MODEL_SOURCE == "pretrain":
         return config["model"]["architecture"]["image_size"]
-    return config["model"].get("image_size", 224)
+    return config["model"]["image_size"]
 
 
 def pretrain_tasks():
@@ -213,14 +214,14 @@ def data_source_flags():
     data = config["data"]
     if data["source"] == "tiny":
         return (
-            f"--train-size {data['train_size']} --test-size {data['test_size']} --seed {data.get('seed', 0)}"
-            f" --domain-style {data.get('domain_style', 0.0)} --split-shift {data.get('split_shift', 0.0)}"
+            f"--train-size {data['train_size']} --test-size {data['test_size']} --seed {data['seed']}"
+            f" --domain-style {data['domain_style']} --split-shift {data['split_shift']}"
         )
     flags = [] if WRITES_TRAIN else ["--no-train"]
     if data["source"] != "huggingface":
         flags.append(f"--root {shlex.quote(data.get('root', f'{RESULTS}/downloads/torchvision'))}")
     if data["source"] in ("huggingface", "experts"):
-        flags += [f"--revision {data.get('revision', 'main')}", f"--emnist-split {data.get('emnist_split', 'digits')}"]
+        flags += [f"--revision {data['revision']}", f"--emnist-split {data['emnist_split']}"]
         flags.append(hub_cache_flag())
     return " ".join(flag for flag in flags if flag)
 
@@ -234,7 +235,7 @@ def head_class_texts():
     """build-head's --class-texts: the experts' code's strings for experts it trained, else the prepared data's."""
     from mergeflow.image_tasks.provenance import head_texts_for
 
-    choice = config.get("heads", {}).get("class_texts", "auto")
+    choice = config["heads"]["class_texts"]
     if choice == "auto":
         choice = "experts" if head_texts_for(FINETUNED["source"]) == "experts" else "data"
     return choice

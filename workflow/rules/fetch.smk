@@ -67,7 +67,7 @@ else:
             architecture=as_json(config["model"]["architecture"]),
             tasks=" ".join(pretrain_tasks()),
             settings=config["pretrain"],
-            domain_style=config["data"].get("domain_style", 0.0),
+            domain_style=config["data"]["domain_style"],
             device=device_flag(),
         threads: 2
         resources:

@@ -12,7 +12,7 @@ SCALING_SUITES = ("paper8", "paper14", "paper20", "tiny8", "tiny14", "tiny20")
 _OPEN_CLIP = config["model"].get("open_clip", {})
 PUBLISHED_MODEL_FLAG = (
     f"--published-model {_OPEN_CLIP['name']}"
-    if config["model"]["source"] == "open_clip" and _OPEN_CLIP.get("pretrained", "openai") == "openai"
+    if config["model"]["source"] == "open_clip" and _OPEN_CLIP["pretrained"] == "openai"
     else ""
 )
 

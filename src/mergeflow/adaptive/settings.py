@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from mergeflow.io import InputError
-from mergeflow.merging.entries import ADAPTIVE_METHODS, base_method
+from mergeflow.merging.entries import base_method
 
 GRANULARITIES = ("task", "layer")
 ADARANK_BASES = ("cart", "task_arithmetic")
@@ -39,6 +39,7 @@ class AdaptationSettings:
     """The optimisation every method shares: Adam without weight decay on Σ_t mean prediction entropy."""
 
     method: ClassVar[str]
+    display: ClassVar[str]  # in tables and figures
 
     steps: int = field(default=500, metadata={"help": "Adam steps"})
     batch_size: int = field(default=16, metadata={"help": "unlabeled test images per task in each step"})
@@ -84,6 +85,7 @@ class AdaMergingSettings(AdaptationSettings):
     """
 
     method: ClassVar[str] = "adamerging"
+    display: ClassVar[str] = "AdaMerging"
 
     granularity: Literal["task", "layer"] = field(
         default="layer", metadata={"help": "one λ per task, or per task and tensor"}
@@ -110,6 +112,7 @@ class AdaMergingCartSettings(AdaptationSettings):
     """
 
     method: ClassVar[str] = "adamerging_cart"
+    display: ClassVar[str] = "AdaMerging + CART"
 
     rank: float = field(metadata={"help": "CART's rank ratio ρ in (0, 1]; 'selected': CART's val selection"})
     lam: float = field(metadata={"help": "initial λ (CART's); 'selected': CART's val selection"})
@@ -139,6 +142,7 @@ class AdaRankSettings(AdaptationSettings):
     """
 
     method: ClassVar[str] = "adarank"
+    display: ClassVar[str] = "AdaRank"
 
     base: Literal["cart", "task_arithmetic"] = field(
         metadata={"help": "cart: θ_avg and θ_t − θ_avg; task_arithmetic: θ_0 and θ_t − θ_0"}
@@ -171,6 +175,12 @@ MethodSettings = AdaMergingSettings | AdaMergingCartSettings | AdaRankSettings
 SETTINGS_CLASSES: dict[str, type[MethodSettings]] = {
     cls.method: cls for cls in (AdaMergingSettings, AdaMergingCartSettings, AdaRankSettings)
 }
+# One `adapt_eval` job each instead of a `merge_eval` sweep.
+ADAPTIVE_METHODS = tuple(SETTINGS_CLASSES)
+
+
+def is_adaptive(entry: str) -> bool:
+    return base_method(entry) in SETTINGS_CLASSES
 
 
 def settings_to_json(settings: MethodSettings) -> dict[str, Any]:
@@ -279,7 +289,7 @@ def describe_settings(cls: type[MethodSettings]) -> list[str]:
     """`mergeflow methods`' lines for one adaptive method: its summary, then every setting with its default."""
     summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
     hints = typing.get_type_hints(cls)
-    lines = [f"{cls.method} (test-time adaptation on unlabeled test images): {summary}"]
+    lines = [f"{cls.method} ({cls.display}; test-time adaptation on unlabeled test images): {summary}"]
     for item in dataclasses.fields(cls):
         default = "required" if _required(item) else f"default {json.dumps(item.default)}"
         lines.append(

@@ -119,7 +119,7 @@ def run_methods(args: argparse.Namespace) -> int:
 
 
 def describe_method(method: MergeMethod) -> list[str]:
-    lines = [f"{method.name}: {method.summary}"]
+    lines = [f"{method.name} ({method.display}): {method.summary}"]
     if not method.params:
         lines.append("    (no hyper-parameters)")
     for param in method.params:

@@ -16,11 +16,11 @@ from typing import Any
 import jsonschema
 import yaml
 
-from mergeflow.adaptive.settings import FROM_CART, SELECTED, method_settings
+from mergeflow.adaptive.settings import ADAPTIVE_METHODS, FROM_CART, SELECTED, is_adaptive, method_settings
 from mergeflow.checkpoints import tables
 from mergeflow.image_tasks.registry import TASKS as IMAGE_TASKS
 from mergeflow.io import InputError
-from mergeflow.merging.entries import ADAPTIVE_METHODS, base_method, expand_grid, is_adaptive
+from mergeflow.merging.entries import base_method, entry_pattern, expand_grid
 from mergeflow.merging.registry import METHODS, resolve_hparams
 from mergeflow.tiny.tasks import TINY_TASKS
 
@@ -294,7 +294,10 @@ def cross_field_problems(config: Mapping[str, Any], repository: str | os.PathLik
 
 
 def load_schema(path: str | os.PathLike[str]) -> dict[str, Any]:
-    return yaml.safe_load(Path(path).read_text())
+    """The config schema, with the method names its file leaves open filled in from the methods' declarations."""
+    schema = yaml.safe_load(Path(path).read_text())
+    schema["properties"]["methods"]["propertyNames"]["pattern"] = entry_pattern([*METHODS, *ADAPTIVE_METHODS])
+    return schema
 
 
 # YAML 1.2's core-schema spellings, which is what a value typed on the command line means.

@@ -61,7 +61,9 @@ def open_hub_splits(
     # The snapshot folder is named by the commit `revision` resolved to: fetch the data files at that same commit.
     commit = card_folder.name
     log.info("%s: commit %s", hub_datasets.describe(source, revision), commit)
-    folder = hub_datasets.snapshot(source, [p for role in ROLES for p in patterns[role]], revision=commit, cache_dir=cache)
+    folder = hub_datasets.snapshot(
+        source, [p for role in ROLES for p in patterns[role]], revision=commit, cache_dir=cache
+    )
     names_from_repo = hub_datasets.card_label_names(card, source.config, source.label_column)
     names_from_repo = names_from_repo or hub_datasets.names_file_labels(folder, source.names_file)
     readers = {}

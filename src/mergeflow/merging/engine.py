@@ -115,6 +115,21 @@ def merge_tensor(
     return TensorMerge(key, direction.origin, direction.delta, spec.dtype, touched)
 
 
+def _in_memory_merges(
+    name: str,
+    pretrained: StateDict,
+    finetuned: Sequence[StateDict],
+    hparams: Mapping[str, Any],
+    factors: TaskFactors | None,
+    device: str,
+) -> tuple[dict[str, Any], Iterator[TensorMerge]]:
+    """Method `name`'s resolved hyper-parameters, and its per-key merges of in-memory state dicts (lazily)."""
+    method = get_method(name)
+    resolved = resolve_hparams(name, hparams)
+    source = InMemorySource(pretrained, finetuned)
+    return resolved, tensor_merges(method, resolved, source, factors=factors, device=device, progress=False)
+
+
 def merge_direction(
     name: str,
     pretrained: StateDict,
@@ -129,14 +144,12 @@ def merge_direction(
     Tensors live on `device`. `factors` (cart, lowrank_ta, tsv_m) are reused instead of decomposing;
     keys they lack are decomposed on the spot, identically.
     """
-    method = get_method(name)
-    resolved = resolve_hparams(name, hparams)
     origin: StateDict = {}
     delta: StateDict = {}
     dtypes: dict[str, torch.dtype] = {}
     touched: set[str] = set()
-    source = InMemorySource(pretrained, finetuned)
-    for merge in tensor_merges(method, resolved, source, factors=factors, device=device, progress=False):
+    _, merges = _in_memory_merges(name, pretrained, finetuned, hparams, factors, device)
+    for merge in merges:
         origin[merge.key] = merge.origin
         dtypes[merge.key] = merge.dtype
         if merge.delta is not None:
@@ -160,18 +173,16 @@ def merge_state_dicts(
     As with files (`merge_files`), NaN or Inf in an input is refused by model and key, and so is a merged
     tensor that overflowed its dtype.
     """
-    method = get_method(name)
-    resolved = resolve_hparams(name, hparams)
+    resolved, merges = _in_memory_merges(name, pretrained, finetuned, hparams, factors, device)
     lam = lam_of(resolved)
     for key, tensor in pretrained.items():
         checked_finite(tensor, f"pretrained key {key!r}")
     for index, model in enumerate(finetuned):
         for key, tensor in model.items():
             checked_finite(tensor, f"fine-tuned model {index} key {key!r}")
-    source = InMemorySource(pretrained, finetuned)
     return {
         merge.key: checked_finite(
             combine(merge.origin, merge.delta, lam, merge.dtype), f"{name} merge {resolved}: merged key {merge.key!r}"
         )
-        for merge in tensor_merges(method, resolved, source, factors=factors, device=device, progress=False)
+        for merge in merges
     }

@@ -1,4 +1,4 @@
-"""Config method entries (`cart`, or a variant `cart@released`) and the SVD factors each one reuses.
+"""Config method entries (`cart`, or a variant `cart@released`), their grids, and the SVD factors each reuses.
 
 Torch-free on purpose: the workflow imports it while building the DAG, in every Snakemake start-up.
 """
@@ -6,17 +6,13 @@ Torch-free on purpose: the workflow imports it while building the DAG, in every 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-FACTOR_KIND = {"cart": "centered", "lowrank_ta": "original", "tsv_m": "original"}
-"""Methods whose sweeps reuse SVD factors, and which task vectors they decompose
-(centered θ_t − θ_avg or original θ_t − θ_0)."""
+from mergeflow.merging.registry import METHODS
 
 VARIANT_SEPARATOR = "@"
-
-# Test-time adaptive methods (`mergeflow.adaptive`): one `adapt_eval` job each instead of a `merge_eval` sweep.
-ADAPTIVE_METHODS = ("adamerging", "adamerging_cart", "adarank")
+VARIANT_PATTERN = "[A-Za-z0-9_-]+"
 
 
 def base_method(entry: str) -> str:
@@ -24,12 +20,15 @@ def base_method(entry: str) -> str:
     return entry.split(VARIANT_SEPARATOR, 1)[0]
 
 
+def entry_pattern(methods: Sequence[str]) -> str:
+    """The regular expression a config entry of one of `methods` matches: a name, optionally `@<variant>`."""
+    return f"^({'|'.join(methods)})({VARIANT_SEPARATOR}{VARIANT_PATTERN})?$"
+
+
 def factor_kind(entry: str) -> str | None:
-    return FACTOR_KIND.get(base_method(entry))
-
-
-def is_adaptive(entry: str) -> bool:
-    return base_method(entry) in ADAPTIVE_METHODS
+    """The task factors a static method's sweep reuses (its registry entry's `factors`); None for the others."""
+    method = METHODS.get(base_method(entry))
+    return method.factors if method is not None else None
 
 
 def expand_grid(grid: Mapping[str, Any]) -> list[dict[str, Any]]:

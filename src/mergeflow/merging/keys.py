@@ -19,10 +19,5 @@ def is_cart_matrix(key: str) -> bool:
     return _CART_MATRIX.search(key) is not None
 
 
-def is_mergeable(tensor: torch.Tensor) -> bool:
-    """Only floating-point tensors are merged; integer buffers are copied from the pretrained model."""
-    return tensor.is_floating_point()
-
-
 def is_matrix(shape: torch.Size | tuple[int, ...]) -> bool:
     return len(shape) == 2

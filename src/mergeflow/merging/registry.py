@@ -36,10 +36,12 @@ class MergeMethod:
     """A merge method: its per-tensor rule, its hyper-parameters and what else it needs.
 
     `statistics` is a whole-model pass run before the per-tensor rule (TIES thresholds);
-    `factors` says which cached task factors the method can reuse ("centered" τ̄_t or "original" τ_t).
+    `factors` says which cached task factors the method's sweep reuses ("centered" τ̄_t = θ_t − θ_avg or
+    "original" τ_t = θ_t − θ_0): the workflow then runs one `decompose` job for every rank of the sweep.
     """
 
     name: str
+    display: str  # in tables and figures
     summary: str
     params: tuple[HParam, ...]
     direction: Callable[[TensorContext], TensorDirection]
@@ -64,13 +66,22 @@ _BASES = ("task_arithmetic", "ties")
 METHODS: dict[str, MergeMethod] = {
     method.name: method
     for method in (
-        MergeMethod("zeroshot", "the pretrained encoder θ_0, untouched", (), _rule("averaging", "zeroshot")),
         MergeMethod(
-            "weight_averaging", "θ_avg, the mean of the fine-tuned encoders", (), _rule("averaging", "weight_averaging")
+            "zeroshot", "zero-shot merge", "the pretrained encoder θ_0, untouched", (), _rule("averaging", "zeroshot")
         ),
-        MergeMethod("task_arithmetic", "θ_0 + λ Σ τ_t", (_lam(0.3),), _rule("averaging", "task_arithmetic")),
+        MergeMethod(
+            "weight_averaging",
+            "weight averaging",
+            "θ_avg, the mean of the fine-tuned encoders",
+            (),
+            _rule("averaging", "weight_averaging"),
+        ),
+        MergeMethod(
+            "task_arithmetic", "task arithmetic", "θ_0 + λ Σ τ_t", (_lam(0.3),), _rule("averaging", "task_arithmetic")
+        ),
         MergeMethod(
             "ties",
+            "TIES",
             "trim each τ_t to its top-k fraction, elect signs, merge agreeing entries",
             (
                 Real("k", 0.2, "fraction of each task vector's entries kept (largest |τ_t| of the model)", 0.0, 1.0),
@@ -82,6 +93,7 @@ METHODS: dict[str, MergeMethod] = {
         ),
         MergeMethod(
             "dare",
+            "DARE",
             "randomly drop a fraction p of every 2-D task-vector entry, rescale by 1/(1-p), then the base",
             (
                 Real("p", 0.5, "drop probability", 0.0, 1.0, high_open=True),
@@ -94,11 +106,13 @@ METHODS: dict[str, MergeMethod] = {
         ),
         MergeMethod(
             "magmax",
+            "MagMax",
             "per coordinate the task-vector entry of largest magnitude",
             (_lam(1.0),),
             _rule("averaging", "magmax"),
         ),
         MergeMethod(
+            "consensus",
             "consensus",
             "keep coordinates that at least k tasks' TALL masks select, applied to the base vector",
             (
@@ -112,6 +126,7 @@ METHODS: dict[str, MergeMethod] = {
         ),
         MergeMethod(
             "tsv_m",
+            "TSV-M",
             "task singular vectors: top r/T triplets per task, orthogonalised, on every 2-D tensor",
             (_lam(1.0),),
             _rule("singular", "tsv_m"),
@@ -119,12 +134,14 @@ METHODS: dict[str, MergeMethod] = {
         ),
         MergeMethod(
             "iso_c",
+            "Iso-C",
             "flatten the spectrum of Σ τ_t to its mean on every 2-D tensor",
             (_lam(1.0),),
             _rule("singular", "iso_c"),
         ),
         MergeMethod(
             "iso_cts",
+            "Iso-CTS",
             "iso_c on a common subspace plus task-specific directions, on every 2-D tensor",
             (
                 _lam(1.0),
@@ -134,6 +151,7 @@ METHODS: dict[str, MergeMethod] = {
         ),
         MergeMethod(
             "lowrank_ta",
+            "low-rank TA",
             "task arithmetic with rank-k task vectors on the residual blocks' attention/MLP matrices",
             (_rank(), _lam(0.3)),
             _rule("lowrank", "lowrank_ta"),
@@ -141,6 +159,7 @@ METHODS: dict[str, MergeMethod] = {
         ),
         MergeMethod(
             "cart",
+            "CART",
             "CART: θ_avg + λ Σ rank-k centered task vectors on the residual blocks' attention/MLP matrices",
             (_rank(), _lam(1.0)),
             _rule("lowrank", "cart"),

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mergeflow.adaptive.settings import non_default_settings
+from mergeflow.adaptive.settings import SETTINGS_CLASSES, is_adaptive, non_default_settings
 from mergeflow.evaluation.correctness import INDIVIDUAL_ROW, ZERO_SHOT_ROW, PerImageCorrectness
 from mergeflow.evaluation.results import PathLike, source_of
 from mergeflow.io import InputError, atomic_path, write_text
-from mergeflow.merging.entries import ADAPTIVE_METHODS, is_adaptive
+from mergeflow.merging.entries import VARIANT_SEPARATOR
+from mergeflow.merging.registry import METHODS
 from mergeflow.report.bootstrap import (
     CONFIDENCE,
     DEFAULT_RESAMPLES,
@@ -34,23 +35,6 @@ from mergeflow.report.bootstrap import (
 )
 from mergeflow.report.published import PublishedNumber, published_for
 
-METHOD_DISPLAY_NAMES = {
-    "zeroshot": "zero-shot merge",
-    "weight_averaging": "weight averaging",
-    "task_arithmetic": "task arithmetic",
-    "ties": "TIES",
-    "dare": "DARE",
-    "magmax": "MagMax",
-    "consensus": "consensus",
-    "tsv_m": "TSV-M",
-    "iso_c": "Iso-C",
-    "iso_cts": "Iso-CTS",
-    "lowrank_ta": "low-rank TA",
-    "cart": "CART",
-    "adamerging": "AdaMerging",
-    "adamerging_cart": "AdaMerging + CART",
-    "adarank": "AdaRank",
-}
 METRIC_TITLES = {
     "accuracy": "Absolute accuracy (%), test split",
     "normalized_accuracy": "Normalized accuracy (%), test split",
@@ -103,10 +87,19 @@ _LATEX_ESCAPES = str.maketrans(
 )
 
 
+def method_display_name(name: str) -> str:
+    """A method's display name, from its declaration (registry entry or adaptive settings class); else the name."""
+    if name in METHODS:
+        return METHODS[name].display
+    if name in SETTINGS_CLASSES:
+        return SETTINGS_CLASSES[name].display
+    return name
+
+
 def display_name(method: str) -> str:
     """The name a reader sees for a method entry (`cart`, or a variant `cart@released`); unknown names stay."""
-    name, _, variant = method.partition("@")
-    shown = METHOD_DISPLAY_NAMES.get(name, name)
+    name, _, variant = method.partition(VARIANT_SEPARATOR)
+    shown = method_display_name(name)
     return f"{shown} ({variant})" if variant else shown
 
 
@@ -135,7 +128,7 @@ def main_table(
     entries and `zeroshot` / `individual`) and are empty without it, the CART columns are empty when no
     method is `cart`. `resamples` and `seed`: see `mergeflow.report.bootstrap`. Methods appear in the
     order of their first row in `results`, the test-time adaptive ones
-    (`mergeflow.merging.entries.ADAPTIVE_METHODS`) after all others.
+    (`mergeflow.adaptive.settings.ADAPTIVE_METHODS`) after all others.
     """
     task_list = _checked_tasks(tasks)
     numbers = published or {}
@@ -414,7 +407,7 @@ ADAPTATION_NOTE = (
 
 
 def _is_adaptive_row(display: str) -> bool:
-    shown = {METHOD_DISPLAY_NAMES[name] for name in ADAPTIVE_METHODS}
+    shown = {cls.display for cls in SETTINGS_CLASSES.values()}
     return display.split(" (", 1)[0] in shown
 
 

@@ -72,6 +72,12 @@ def column(values: np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)[:, None, None]
 
 
+def centres_within(rng: np.random.Generator, reach: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Random centres (x, y) at which everything within `reach` of the centre, plus a 0.02 margin, is inside."""
+    reach = reach + 0.02
+    return rng.uniform(reach, 1.0 - reach), rng.uniform(reach, 1.0 - reach)
+
+
 def local_coords(
     grid: Grid, cx: np.ndarray, cy: np.ndarray, radius: np.ndarray, angle: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -159,17 +159,11 @@ def _rng(seed: int, task: str, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(task.encode("utf-8")), stream])
 
 
-def _centres_fitting(rng: np.random.Generator, radius: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Random centres that keep an object of the given radius entirely inside the image."""
-    reach = _SHAPE_EXTENT * radius + 0.02
-    return rng.uniform(reach, 1.0 - reach), rng.uniform(reach, 1.0 - reach)
-
-
 def _shapes(rng: np.random.Generator, labels: np.ndarray, grid: Grid) -> Scene:
     n = len(labels)
     background, foreground = render.contrasting_colours(rng, n)
     radius = rng.uniform(0.2, 0.32, n)
-    cx, cy = _centres_fitting(rng, radius)
+    cx, cy = render.centres_within(rng, _SHAPE_EXTENT * radius)
     # Small rotations only: a square turned by 45 degrees would read as a diamond.
     u, v = render.local_coords(grid, cx, cy, radius, rng.uniform(-0.3, 0.3, n))
     return Scene(render.downsample(render.shape_mask(labels, u, v), grid), background, foreground)
@@ -205,7 +199,7 @@ def _colours(rng: np.random.Generator, labels: np.ndarray, grid: Grid) -> Scene:
     grey = rng.uniform(0.1, 0.9, n)[:, None]
     background = np.clip(grey + rng.uniform(-0.05, 0.05, (n, 3)), 0.0, 1.0)
     radius = rng.uniform(0.16, 0.3, n)
-    cx, cy = _centres_fitting(rng, radius)
+    cx, cy = render.centres_within(rng, _SHAPE_EXTENT * radius)
     kinds = rng.integers(0, render.RING + 1, n)
     u, v = render.local_coords(grid, cx, cy, radius, rng.uniform(-0.3, 0.3, n))
     coverage = render.downsample(render.shape_mask(kinds, u, v), grid)
@@ -331,7 +325,7 @@ def _sizes(rng: np.random.Generator, labels: np.ndarray, grid: Grid) -> Scene:
     n = len(labels)
     background, foreground = render.contrasting_colours(rng, n)
     radius = rng.uniform(*_SIZE_RANGES[labels].T)
-    cx, cy = _centres_fitting(rng, radius)
+    cx, cy = render.centres_within(rng, _SHAPE_EXTENT * radius)
     # Only solid, compact shapes: a ring or star would look smaller than its radius says.
     kinds = rng.choice((render.CIRCLE, render.SQUARE, render.TRIANGLE), n)
     u, v = render.local_coords(grid, cx, cy, radius, rng.uniform(-0.3, 0.3, n))

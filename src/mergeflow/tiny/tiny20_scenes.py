@@ -61,18 +61,12 @@ def downsample_values(values: np.ndarray, grid: Grid) -> np.ndarray:
     return values.reshape(n, grid.size, ss, grid.size, ss).mean(axis=(2, 4), dtype=np.float32)
 
 
-def _centres_fitting(rng: np.random.Generator, reach: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Random centres that keep everything within `reach` of the centre inside the image."""
-    reach = reach + 0.02
-    return rng.uniform(reach, 1.0 - reach), rng.uniform(reach, 1.0 - reach)
-
-
 def _placed_solid(
     rng: np.random.Generator, grid: Grid, kinds: np.ndarray, radius: np.ndarray, margin: float | np.ndarray = 0.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Local coordinates (u, v) of solids placed at random with a small rotation, and their signed distance."""
     n = len(kinds)
-    cx, cy = _centres_fitting(rng, _EXTENT[kinds] * radius + margin)
+    cx, cy = render.centres_within(rng, _EXTENT[kinds] * radius + margin)
     u, v = render.local_coords(grid, cx, cy, radius, rng.uniform(-0.3, 0.3, n))
     return u, v, solid_distance(kinds, u, v)
 
@@ -104,7 +98,7 @@ def arrows(rng: np.random.Generator, labels: np.ndarray, grid: Grid) -> Scene:
     shaft = rng.uniform(0.035, 0.05, n)  # half-width of the shaft
     head_width = rng.uniform(0.13, 0.17, n)  # half-width of the head's base
     head_length = rng.uniform(0.15, 0.19, n)
-    cx, cy = _centres_fitting(rng, half_length + 0.02)
+    cx, cy = render.centres_within(rng, half_length + 0.02)
     along, across = render.local_coords(grid, cx, cy, np.ones(n), _ARROW_ANGLES[labels] + rng.uniform(-0.2, 0.2, n))
     col = render.column
     neck = col(half_length - head_length)
@@ -337,7 +331,7 @@ def saturation(rng: np.random.Generator, labels: np.ndarray, grid: Grid) -> Scen
     background = np.clip(grey + rng.uniform(-0.015, 0.015, (n, 3)), 0.0, 1.0)
     radius = rng.uniform(0.16, 0.3, n)
     kinds = rng.integers(0, render.RING + 1, n)
-    cx, cy = _centres_fitting(rng, 1.3 * radius)
+    cx, cy = render.centres_within(rng, 1.3 * radius)
     u, v = render.local_coords(grid, cx, cy, radius, rng.uniform(-0.3, 0.3, n))
     return Scene(render.downsample(render.shape_mask(kinds, u, v), grid), background, colour)
 
@@ -382,7 +376,7 @@ def pies(rng: np.random.Generator, labels: np.ndarray, grid: Grid) -> Scene:
     n = len(labels)
     background, foreground = render.contrasting_colours(rng, n)
     radius = rng.uniform(0.22, 0.3, n)
-    cx, cy = _centres_fitting(rng, radius)
+    cx, cy = render.centres_within(rng, radius)
     u, v = render.local_coords(grid, cx, cy, radius, rng.uniform(0.0, 2 * np.pi, n))
     # Full discs stay whole; the sectors vary a little.
     fraction = _PIE_FRACTIONS[labels] + rng.uniform(-0.03, 0.03, n) * (labels > 0)
