@@ -158,6 +158,18 @@ METHODS: dict[str, MergeMethod] = {
             factors="original",
         ),
         MergeMethod(
+            "wudi",
+            "WUDI",
+            "data-free: Adam on Σ_t ‖(τ − τ_t) τ_tᵀ‖²/‖τ_t‖² from Σ_t τ_t, per residual-block attention/MLP matrix; "
+            "every other tensor θ_0 (as the authors' code)",
+            (
+                Integer("iterations", 300, "Adam steps per matrix (the authors' --iter)"),
+                Real("lr", 1e-5, "Adam learning rate", 0.0),
+                _lam(1.0),
+            ),
+            _rule("wudi", "wudi"),
+        ),
+        MergeMethod(
             "cart",
             "CART",
             "CART: θ_avg + λ Σ rank-k centered task vectors on the residual blocks' attention/MLP matrices",
