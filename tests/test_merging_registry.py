@@ -22,6 +22,7 @@ EXPECTED_DEFAULTS = {
     "iso_cts": {"lam": 1.0, "common_fraction": 0.8},
     "lowrank_ta": {"rank": 0.08, "lam": 0.3},
     "cart": {"rank": 0.08, "lam": 1.0},
+    "wudi": {"iterations": 300, "lr": 1e-5, "lam": 1.0},
 }
 
 

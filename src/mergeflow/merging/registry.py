@@ -158,6 +158,14 @@ METHODS: dict[str, MergeMethod] = {
             factors="original",
         ),
         MergeMethod(
+            "cart",
+            "CART",
+            "CART: θ_avg + λ Σ rank-k centered task vectors on the residual blocks' attention/MLP matrices",
+            (_rank(), _lam(1.0)),
+            _rule("lowrank", "cart"),
+            factors="centered",
+        ),
+        MergeMethod(
             "wudi",
             "WUDI",
             "data-free: Adam on Σ_t ‖(τ − τ_t) τ_tᵀ‖²/‖τ_t‖² from Σ_t τ_t, per residual-block attention/MLP matrix; "
@@ -168,14 +176,6 @@ METHODS: dict[str, MergeMethod] = {
                 _lam(1.0),
             ),
             _rule("wudi", "wudi"),
-        ),
-        MergeMethod(
-            "cart",
-            "CART",
-            "CART: θ_avg + λ Σ rank-k centered task vectors on the residual blocks' attention/MLP matrices",
-            (_rank(), _lam(1.0)),
-            _rule("lowrank", "cart"),
-            factors="centered",
         ),
     )
 }
