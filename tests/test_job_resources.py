@@ -20,7 +20,8 @@ from mergeflow.dag.resources import (
 )
 from mergeflow.evaluation.accuracy import EvalSettings
 from mergeflow.evaluation.correctness import load_correctness, save_correctness
-from mergeflow.evaluation.sweep import SweepEvaluator, TaskSplits, combine_sweep_parts, read_sweep_table, sweep_method
+from mergeflow.evaluation.results import read_sweep_table
+from mergeflow.evaluation.sweep import SweepEvaluator, TaskSplits, combine_sweep_parts, sweep_method
 from mergeflow.io import InputError, load_state_dict
 from mergeflow.models.clip import build_clip, load_image_encoder, load_spec, save_model_dir, tiny_clip_spec
 

@@ -170,7 +170,7 @@ def locate_task_vectors(options: Options, model: str, task: str, cache_dir: str 
 
 
 def locate_cart_authors(options: Options, model: str, task: str, cache_dir: str | None, progress: bool) -> Located:
-    """`JH-C-k/<model>`; the layout is a best guess (see tables.py), so pattern and key prefix are configurable."""
+    """`JH-C-k/<model>`: the layout the authors' code reads; their hub listing was never seen (tables.py)."""
     _lookup({t: t for t in tables.TASKS}, task, "task", "cart_authors")
     repo_id = options.text("repo_id") or _lookup(tables.CART_REPOS, model, "model", "cart_authors")
     key = Options.key("pattern")

@@ -90,7 +90,8 @@ def cmd_merge_eval(args: argparse.Namespace) -> int:
 
 def cmd_combine_sweep(args: argparse.Namespace) -> int:
     from mergeflow.evaluation.correctness import load_correctness, save_correctness
-    from mergeflow.evaluation.sweep import combine_sweep_parts, read_sweep_table
+    from mergeflow.evaluation.results import read_sweep_table
+    from mergeflow.evaluation.sweep import combine_sweep_parts
     from mergeflow.io import atomic_path
 
     if len(args.parts) != len(args.parts_correct):

@@ -6,7 +6,8 @@ factors), time counts forward passes relative to a ViT-B/32, and adaptation step
 an H200 measured. Override any of them per rule with `--set-resources RULE:mem_mb=…` or in a profile.
 
 No job may ask for more than a scheduler partition allows (`resources.max_runtime_min`, a day by default): a sweep
-that would is split by rank into parts (`sweep_parts`) that the workflow combines (`merge_eval.combine_sweep_parts`).
+that would is split by rank into parts (`sweep_parts`) that the workflow combines
+(`mergeflow.evaluation.sweep.combine_sweep_parts`).
 """
 
 from __future__ import annotations

@@ -111,6 +111,26 @@ def _load_method_file(path: PathLike, tasks: Sequence[str] | None) -> pd.DataFra
     return results
 
 
+def read_sweep_table(path: PathLike) -> pd.DataFrame:
+    """A table `merge-eval` wrote, every float exactly as written (Python's own parser), for `combine-sweep`.
+
+    Unlike `load_method_results`, which validates for the report, this keeps the values bit for bit, so that a
+    table rewritten from parts has the bytes a single job would have written.
+    """
+    table = read_text_csv(path, RESULT_COLUMNS)
+    for column in ("rank", "lam", "accuracy", "normalized_accuracy"):
+        try:
+            table[column] = [float(value) if value else float("nan") for value in table[column]]
+        except ValueError as err:
+            raise InputError(f"{path}: column {column!r} holds {err}, expected numbers") from None
+    for column in ("best", "best_at_sweep"):
+        try:
+            table[column] = [{"True": True, "False": False}[value] for value in table[column]]
+        except KeyError as err:
+            raise InputError(f"{path}: column {column!r} holds {err}, expected True or False") from None
+    return table
+
+
 def read_text_csv(path: PathLike, columns: Sequence[str]) -> pd.DataFrame:
     """Read every cell as stripped text so that parsing, and its error messages, stay ours."""
     expected = ", ".join(columns)

@@ -240,35 +240,6 @@ def _lam_innermost(settings: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(settings, key=lambda s: first_seen[setting_key(_without_lam(s))])
 
 
-# Columns of a sweep table that hold numbers (written empty where NaN: no rank, no lam, or an individual accuracy
-# of 0) and booleans; the others hold text.
-_FLOAT_COLUMNS = ("rank", "lam", "accuracy", "normalized_accuracy")
-_BOOLEAN_COLUMNS = ("best", "best_at_sweep")
-_SWEEP_COLUMNS = ("method", "setting", "split", "task", *_FLOAT_COLUMNS, *_BOOLEAN_COLUMNS)
-
-
-def read_sweep_table(path: str) -> pd.DataFrame:
-    """A table written by `sweep_method` (via to_csv), every float exactly as written (Python's own parser)."""
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise InputError(f"{path}: not a readable merge-eval table ({type(err).__name__}: {err})") from None
-    missing = sorted(set(_SWEEP_COLUMNS) - set(table.columns))
-    if missing:
-        raise InputError(f"{path}: not a merge-eval table, it lacks the column(s) {missing}")
-    for column in (*_FLOAT_COLUMNS, *_BOOLEAN_COLUMNS):
-        values = table[column].tolist()
-        try:
-            if column in _FLOAT_COLUMNS:
-                table[column] = [float(value) if value else float("nan") for value in values]
-            else:
-                table[column] = [{"True": True, "False": False}[value] for value in values]
-        except (ValueError, KeyError) as err:
-            expected = "numbers" if column in _FLOAT_COLUMNS else "True or False"
-            raise InputError(f"{path}: column {column!r} holds {err}, expected {expected}") from None
-    return table
-
-
 def combine_sweep_parts(
     method: str, grid: Mapping[str, Any], parts: Sequence[pd.DataFrame]
 ) -> tuple[pd.DataFrame, int]:

@@ -23,7 +23,7 @@ from mergeflow.data import TaskClasses, classes_path, save_classes
 from mergeflow.image_tasks import hub_datasets
 from mergeflow.image_tasks.images import to_array_or_error
 from mergeflow.image_tasks.labels import LabelMap, build_label_map
-from mergeflow.image_tasks.provenance import DATA_SOURCES, resolve_data_source
+from mergeflow.image_tasks.provenance import resolve_data_source
 from mergeflow.image_tasks.readers import (
     SplitReader,
     folder_split,
@@ -31,14 +31,11 @@ from mergeflow.image_tasks.readers import (
     torchvision_split,
     webdataset_split,
 )
-from mergeflow.image_tasks.registry import ROLES, HubSource, ImageTask, get_task
-from mergeflow.image_tasks.val_split import experts_train_val_indices
+from mergeflow.image_tasks.registry import ROLES, HubSource, ImageTask, TorchvisionSource, get_task
+from mergeflow.image_tasks.val_split import experts_train_val_indices, val_size
 from mergeflow.io import InputError, atomic_path
 
 log = logging.getLogger("mergeflow.image_tasks")
-
-# "experts": per task, the source that lists the training set in the experts' order (mergeflow.image_tasks.provenance).
-SOURCES = (*DATA_SOURCES, "experts")
 
 
 # ------------------------------------------------------------------------------------------------ open splits
@@ -89,19 +86,14 @@ def open_splits(
     cache_dir: str | os.PathLike[str] | None,
     root: str | os.PathLike[str] | None,
 ) -> dict[str, SplitReader]:
-    if source == "huggingface":
-        return open_hub_splits(task.hub, revision=revision, cache_dir=cache_dir)
-    if source in ("torchvision", "folder"):
-        spec = task.torchvision if source == "torchvision" else task.folder
-        if spec is None:
-            having = "a torchvision class that can read it" if source == "torchvision" else "an image-folder layout"
-            raise InputError(f"task {task.name!r} has no {source} source ({having} is recorded only for other tasks)")
-        if root is None:
-            raise InputError(f"source={source!r} needs root=<directory holding the {source} data> (data.root)")
-        if source == "torchvision":
-            return {role: torchvision_split(spec, role, root) for role in ROLES}
-        return {role: folder_split(spec, role, root) for role in spec.splits}
-    raise InputError(f"source={source!r}: expected one of {SOURCES}")
+    spec = task.source(source)
+    if isinstance(spec, HubSource):
+        return open_hub_splits(spec, revision=revision, cache_dir=cache_dir)
+    if root is None:
+        raise InputError(f"source={source!r} needs root=<directory holding the {source} data> (data.root)")
+    if isinstance(spec, TorchvisionSource):
+        return {role: torchvision_split(spec, role, root) for role in ROLES}
+    return {role: folder_split(spec, role, root) for role in spec.splits}
 
 
 def label_maps(task: ImageTask, source: str, readers: dict[str, SplitReader]) -> dict[str, LabelMap]:
@@ -293,7 +285,7 @@ def _write_splits(
 
     n_source, n_test = readers["train"].num_rows, readers["test"].num_rows
     own_val = "val" in readers
-    n_val = readers["val"].num_rows if own_val else len(experts_train_val_indices(n_source, seed=plan.val_seed)[1])
+    n_val = readers["val"].num_rows if own_val else val_size(n_source)
     counts = {"train": n_source if own_val else n_source - n_val, "val": n_val, "test": n_test}
     if not plan.with_train:
         del counts["train"]

@@ -18,7 +18,6 @@ from mergeflow.image_tasks.registry import TASKS, get_task
 from mergeflow.image_tasks.val_split import val_size
 from mergeflow.io import InputError, read_json
 
-DATA_SOURCES = ("huggingface", "torchvision", "folder")
 # Expert sources fine-tuned by the task_vectors / TALL-masks code (CART re-uploads both): one split rule, one head code.
 EXPERTS_CODE_SOURCES = frozenset({"tall_masks", "cart_authors", "task_vectors"})
 HEAD_TEXTS = ("readable", "experts")

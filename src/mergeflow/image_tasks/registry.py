@@ -94,6 +94,18 @@ class ImageTask:
     # Other spellings of our class names used by sources: source name -> our class name.
     aliases: Mapping[str, str] = field(default_factory=dict)
 
+    def source(self, kind: str) -> HubSource | TorchvisionSource | FolderSource:
+        """Where this task comes from: "huggingface" (every task), "torchvision" or "folder" (tasks that have one)."""
+        if kind == "huggingface":
+            return self.hub
+        if kind in ("torchvision", "folder"):
+            found = self.torchvision if kind == "torchvision" else self.folder
+            if found is None:
+                having = [n for n, t in TASKS.items() if (t.torchvision if kind == "torchvision" else t.folder)]
+                raise InputError(f"task {self.name!r} has no {kind} source; tasks with one: {having}")
+            return found
+        raise InputError(f"source={kind!r}: expected 'huggingface', 'torchvision' or 'folder'")
+
 
 def _split_files(prefix: str, *splits: str, suffix: str = "-*.parquet") -> dict[str, str]:
     return {split: f"{prefix}{split}{suffix}" for split in splits}
@@ -304,14 +316,5 @@ def get_task(name: str, *, emnist_split: str = "digits") -> ImageTask:
 def task_source(
     name: str, source: str = "huggingface", *, emnist_split: str = "digits"
 ) -> HubSource | TorchvisionSource | FolderSource:
-    """Where task `name` comes from: "huggingface" (every task), "torchvision" or "folder" (tasks that have one)."""
-    task = get_task(name, emnist_split=emnist_split)
-    if source == "huggingface":
-        return task.hub
-    if source in ("torchvision", "folder"):
-        found = task.torchvision if source == "torchvision" else task.folder
-        if found is None:
-            having = [n for n, t in TASKS.items() if (t.torchvision if source == "torchvision" else t.folder)]
-            raise InputError(f"task {name!r} has no {source} source; tasks with one: {having}")
-        return found
-    raise InputError(f"source={source!r}: expected 'huggingface', 'torchvision' or 'folder'")
+    """Where task `name` comes from (`ImageTask.source`)."""
+    return get_task(name, emnist_split=emnist_split).source(source)

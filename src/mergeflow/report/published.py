@@ -23,7 +23,6 @@ settings are what produced their table.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -35,7 +34,7 @@ import pandas as pd
 from mergeflow.checkpoints.tables import EXPERTS_ORDER
 from mergeflow.evaluation.results import PathLike, read_text_csv
 from mergeflow.image_tasks.registry import TASK_GROUPS
-from mergeflow.io import InputError
+from mergeflow.io import InputError, read_json
 
 T = TypeVar("T", int, float)
 
@@ -138,12 +137,9 @@ def unrecorded_experts() -> RunExperts:
 
 
 def _read_record(path: Path) -> dict[str, Any]:
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found (expected a record written by `mergeflow fetch-finetuned`)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not valid JSON ({err})") from None
+    record = read_json(path)
+    if not isinstance(record, dict):
+        raise InputError(f"{path}: expected a JSON object written by `mergeflow fetch-finetuned`")
     missing = [key for key in ("task", "source", "experts") if not isinstance(record.get(key), str)]
     if missing:
         raise InputError(
