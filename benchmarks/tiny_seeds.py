@@ -5,7 +5,8 @@ and order (pretrain.data_seed = 1000 + 100·s, pretrain.seed = s) and the fine-t
 (finetune.seed = s); everything else is the config's. Every seed runs the real workflow with Snakemake in
 its own directory under --workdir (kept, so a rerun only redoes what is missing). Then it prints
 
-- each method's average test accuracy as mean ± sd over the seeds (and the per-task means),
+- each method's average test accuracy as mean ± sd over the seeds (and the per-task means), its difference from
+  CART's, and the wall seconds of its jobs (its sweep, plus the data stage's statistics jobs it reads), by group,
 - for each finding of issue 11, in how many seeds it held, with the margin per seed,
 - the centered vs original row-space interference and reconstruction error at a few k,
 
@@ -30,7 +31,9 @@ import pandas as pd
 import yaml
 
 from mergeflow.adaptive.settings import is_adaptive
-from mergeflow.report.tables import method_display_name
+from mergeflow.merging.entries import base_method
+from mergeflow.merging.registry import METHODS
+from mergeflow.report.tables import GROUP_NOTES, display_name, group_of, method_display_name
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,24 +75,38 @@ def _test_average(frame: pd.DataFrame) -> float:
     return 100.0 * float(frame["accuracy"].mean())
 
 
+def job_seconds(results_dir: Path, benchmark: str, model: str, method: str, tasks: Sequence[str]) -> float:
+    """Wall seconds of a method's jobs in a finished run (Snakemake's benchmark files): its merge_eval or
+    adapt_eval job, and the task_statistics jobs of the statistics it reads."""
+    rule = "adapt_eval" if is_adaptive(method) else "merge_eval"
+    files = [results_dir / "benchmarks" / rule / benchmark / model / f"{method}.tsv"]
+    kind = None if is_adaptive(method) else METHODS[base_method(method)].task_statistics
+    if kind is not None:
+        files += [results_dir / "benchmarks" / "task_statistics" / model / task / f"{kind}.tsv" for task in tasks]
+    return sum(float(pd.read_csv(path, sep="\t")["s"].iloc[-1]) for path in files)
+
+
 def seed_results(suite: Path, methods: Mapping[str, Mapping]) -> dict:
-    """Test averages, per-task accuracies, selected settings and the CART rank curve of one finished run."""
+    """Test averages, per-task accuracies, selected settings, job times and the CART rank curve of one finished
+    run."""
     reference = pd.read_csv(suite / "eval" / "reference.csv")
     test_reference = reference[reference["split"] == "test"].set_index("task")
     per_task = {"zero-shot": 100 * test_reference["zeroshot"], "individual": 100 * test_reference["individual"]}
-    selected, rank_curve = {}, {}
+    selected, rank_curve, seconds = {}, {}, {}
+    results_dir, model, benchmark = suite.parents[1], suite.name, suite.parent.name
     for method in methods:
         rows = pd.read_csv(suite / "eval" / f"{method}.csv")
         test = rows[rows["split"] == "test"]
         best = test[test["best"]]
-        per_task[method_display_name(method)] = 100 * best.set_index("task")["accuracy"]
+        per_task[display_name(method)] = 100 * best.set_index("task")["accuracy"]
         selected[method] = json.loads(best["setting"].iloc[0])
+        seconds[method] = job_seconds(results_dir, benchmark, model, method, list(test_reference.index))
         if method == "cart":
             sweep = test[test["best_at_sweep"]]
             rank_curve = {float(r): _test_average(g) for r, g in sweep.groupby("rank")}
     table = pd.DataFrame(per_task).T
     table["average"] = table.mean(axis=1)
-    return {"table": table, "selected": selected, "rank_curve": rank_curve}
+    return {"table": table, "selected": selected, "rank_curve": rank_curve, "seconds": seconds}
 
 
 def lam_inside_grid(methods: Mapping[str, Mapping], selected: Mapping[str, Mapping]) -> dict[str, bool]:
@@ -153,24 +170,40 @@ def report(results: Sequence[dict], methods: Mapping[str, Mapping], seeds: Seque
     tables = [r["table"] for r in results]
     tasks = [c for c in tables[0].columns if c != "average"]
     lines = [
-        f"Seeds {', '.join(map(str, seeds))}; test accuracy (%), λ and rank selected on val; "
-        "per task: mean over seeds; average: mean ± sd.",
+        f"Seeds {', '.join(map(str, seeds))}; test accuracy (%), every hyper-parameter selected on val; "
+        "per task: mean over seeds; average and vs CART (the row's average minus CART's): mean ± sd; "
+        "job s: wall seconds of the method's jobs, its sweep and the statistics it reads (mean over seeds, "
+        "one CPU thread per job).",
         "",
-        "| method | " + " | ".join(tasks) + " | average |",
-        "| :--- | " + " | ".join("---:" for _ in tasks) + " | ---: |",
+        "| method | " + " | ".join(tasks) + " | average | vs CART | job s |",
+        "| :--- | " + " | ".join("---:" for _ in tasks) + " | ---: | ---: | ---: |",
     ]
-    for method in tables[0].index:
-        cells = [f"{sum(t.loc[method, task] for t in tables) / len(tables):.1f}" for task in tasks]
-        lines.append(
-            f"| {method} | " + " | ".join(cells) + f" | {mean_sd([t.loc[method, 'average'] for t in tables])} |"
-        )
+    entries = {display_name(method): method for method in methods}
+    order = list(GROUP_NOTES)
+    rows = [name for name in tables[0].index if name not in entries]
+    rows += sorted((name for name in tables[0].index if name in entries),
+                   key=lambda name: order.index(group_of(entries[name])))  # fmt: skip
+    current = ""
+    for name in rows:
+        group = group_of(entries[name]) if name in entries else ""
+        if group and group != current:
+            lines.append(f"| *{group}* |" + " |" * (len(tasks) + 3))
+        current = group
+        cells = [f"{sum(t.loc[name, task] for t in tables) / len(tables):.1f}" for task in tasks]
+        versus = mean_sd([t.loc[name, "average"] - t.loc["CART", "average"] for t in tables])
+        seconds = (f"{sum(r['seconds'][entries[name]] for r in results) / len(results):.0f}"
+                   if name in entries else "")  # fmt: skip
+        average = mean_sd([t.loc[name, "average"] for t in tables])
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {average} | {versus} | {seconds} |")
+    lines += ["", *(f"*{group}*: {note}" for group, note in GROUP_NOTES.items()
+                    if any(group_of(entries[name]) == group for name in entries))]  # fmt: skip
     lines += ["", "Selected settings per seed:", ""]
     for method in methods:
         chosen = [r["selected"][method] for r in results]
         if is_adaptive(method):
             chosen = [{key: value for key, value in c.items() if key in STARTING_SETTINGS} for c in chosen]
         if any(chosen):
-            lines.append(f"- {method_display_name(method)}: " + "; ".join(json.dumps(c) for c in chosen))
+            lines.append(f"- {display_name(method)}: " + "; ".join(json.dumps(c) for c in chosen))
     lines += ["", "CART test accuracy over the rank sweep (each ρ with its val-selected λ):", ""]
     ranks = sorted(results[0]["rank_curve"])
     lines.append("| ρ | " + " | ".join(f"{r:g}" for r in ranks) + " |")

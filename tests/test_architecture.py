@@ -19,7 +19,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("", "io", "types", "lazy"),
     ("data", "runtime"),
-    ("image_tasks", "tiny", "models", "checkpoints", "merging"),
+    ("image_tasks", "tiny", "models", "checkpoints", "merging", "statistics"),
     ("training", "shipped", "evaluation"),
     ("adaptive",),
     ("report",),

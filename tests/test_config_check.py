@@ -67,6 +67,26 @@ BAD = {
         lambda c: c["methods"].update(carts={}),
         ["methods.carts: unknown method 'carts' (did you mean 'cart'?)"],
     ),
+    "modifier on a method with one model per task": (
+        lambda c: c["methods"].update({"emr+svc": {}}),
+        ["methods.emr+svc: emr+svc: emr cannot take a modifier (it gives no single merged model)"],
+    ),
+    "unknown modifier": (
+        lambda c: c["methods"].update({"cart+svd": {}}),
+        ["methods.cart+svd: cart+svd: unknown modifier 'svd'; valid modifiers: svc"],
+    ),
+    "modifier on an adaptive method": (
+        lambda c: c["methods"].update({"adarank+svc": {}}),
+        ["methods.adarank+svc: adarank is a test-time adaptive method; modifiers apply to static merges"],
+    ),
+    "modifier hyper-parameter out of range": (
+        lambda c: c["methods"].update({"cart+svc": {"rank": 0.1, "lam": 1.0, "alpha": [0.1, 0.0]}}),
+        ["methods.cart+svc: hyper-parameter 'alpha': 0 is outside (0, inf)"],
+    ),
+    "task of a method with one model per task": (
+        lambda c: c["methods"].update(emr={"task": [0, 1]}),
+        ["methods.emr.task: set by the sweep (every task gets its own model), not a config"],
+    ),
     "adaptive type": (
         lambda c: c["methods"].update(adamerging={"steps": "ten"}),
         ["methods.adamerging.steps: expected int, got 'ten'"],

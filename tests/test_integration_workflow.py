@@ -40,11 +40,16 @@ REDUCTIONS = {
     "pretrain": {"tasks": TASKS, "images_per_task": 300, "steps": 40, "batch_size": 64, "warmup_steps": 4},
     "finetune": {"steps": 60, "batch_size": 32, "warmup_steps": 5},
     "evaluation": {"batch_size": 256},
+    "task_statistics": {"images": 40, "batch_size": 16},
     "methods": {
         "weight_averaging": {},
         "task_arithmetic": {"lam": [0.3, 0.6]},
         "lowrank_ta": {"rank": RANKS, "lam": [0.3, 0.6]},
         "cart": {"rank": RANKS, "lam": [1.0, 2.0]},
+        "cart+svc": {"rank": 0.5, "lam": 1.0, "alpha": [0.1, 1.0]},
+        "regmean": {},
+        "fisher": {},
+        "emr": {},
         "adamerging_cart": {"rank": "selected", "lam": "selected", "steps": 3, "batch_size": 8, "lr": 0.01},
     },
 }
@@ -64,7 +69,8 @@ REDUCED_CONFIG = deep_update(yaml.safe_load((REPO / "config" / "config.yaml").re
 # As on a 2-GPU workstation: two GPU jobs at a time, each leasing one of the devices "0" and "1" (this machine
 # has no GPU, so the jobs then run on the CPU, but the leases are real).
 GPU_DEVICES = ("0", "1")
-GPU_RULES = ("pretrain", "build_head", "finetune", "evaluate_reference", "decompose", "merge_eval", "adapt_eval")
+GPU_RULES = ("pretrain", "build_head", "finetune", "task_statistics", "evaluate_reference", "decompose", "merge_eval",
+             "adapt_eval")  # fmt: skip
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -102,6 +108,7 @@ def test_every_artefact_exists(finished_run: Path) -> None:
             results / "data" / task / "classnames.json",
             results / "heads/mini-clip" / f"{task}.safetensors",
             results / "finetuned/mini-clip" / f"{task}.safetensors",
+            *(results / "statistics/mini-clip" / task / f"{kind}.safetensors" for kind in ("grams", "fisher")),
         ]
         expected += [
             results / "data" / task / f"{split}_{kind}.npy"
@@ -121,9 +128,10 @@ def test_every_artefact_exists(finished_run: Path) -> None:
     leftovers = [str(p) for p in results.rglob("*.tmp")]
     assert leftovers == []
     logs = list((results / "logs").rglob("*.log"))
-    # pretrain; prepare_data, build_head, finetune per task; evaluate_reference; decompose x 2; merge_eval or
-    # adapt_eval per method; aggregate, lambda_rank (cart), spectrum; the adaptive method's coefficient figure.
-    assert len(logs) == 1 + 3 * len(TASKS) + 1 + 2 + len(REDUCED_CONFIG["methods"]) + 3 + 1
+    # pretrain; prepare_data, build_head, finetune and two task_statistics per task; evaluate_reference;
+    # decompose x 2; merge_eval or adapt_eval per method; aggregate, lambda_rank (cart), spectrum; the adaptive
+    # method's coefficient figure.
+    assert len(logs) == 1 + 5 * len(TASKS) + 1 + 2 + len(REDUCED_CONFIG["methods"]) + 3 + 1
 
 
 def test_finetuning_beats_zero_shot_on_every_task(finished_run: Path) -> None:
@@ -192,7 +200,7 @@ def _lease_span(log: Path) -> tuple[str, datetime, datetime]:
 
 def test_gpu_jobs_lease_distinct_devices(finished_run: Path) -> None:
     spans = [_lease_span(log) for rule in GPU_RULES for log in (finished_run / "results/logs" / rule).rglob("*.log")]
-    assert len(spans) == 1 + 2 * len(TASKS) + 1 + 2 + len(REDUCED_CONFIG["methods"])
+    assert len(spans) == 1 + 4 * len(TASKS) + 1 + 2 + len(REDUCED_CONFIG["methods"])
     assert {device for device, _, _ in spans} == set(GPU_DEVICES)
     for device in GPU_DEVICES:
         held = sorted((start, end) for d, start, end in spans if d == device)
@@ -220,6 +228,31 @@ def test_the_adaptive_job_starts_from_carts_selection_and_reports_in_its_own_gro
     assert rows[rows.index("*test-time adaptation*") + 1] == "AdaMerging + CART"
     assert rows.index("*test-time adaptation*") > rows.index("CART")
     assert "labels are never read during adaptation" in markdown
+
+
+def test_the_data_stage_feeds_the_data_based_merges_and_every_group_has_its_heading(finished_run: Path) -> None:
+    from safetensors import safe_open
+
+    for task in TASKS:
+        grams = finished_run / "results/statistics/mini-clip" / task / "grams.safetensors"
+        with safe_open(str(grams), framework="pt") as handle:
+            assert handle.metadata()["images"] == "40" and handle.metadata()["mergeflow.statistics"] == "grams"
+            # one Gram per residual block matrix, of the matrix's input width
+            assert len(list(handle.keys())) == 4 * REDUCTIONS["model"]["architecture"]["layers"]
+            width = REDUCTIONS["model"]["architecture"]["width"]
+            assert handle.get_tensor("transformer.resblocks.0.mlp.c_proj.weight").shape == (4 * width, 4 * width)
+    log = (finished_run / "results/logs/merge_eval/mini3/mini-clip/regmean.log").read_text()
+    assert "regmean: best setting" in log
+    markdown = (suite(finished_run) / "tables" / "main.md").read_text()
+    rows = [line.split(" | ")[0].lstrip("| ") for line in markdown.splitlines() if line.startswith("| ")]
+    headings = [row for row in rows if row.startswith("*")]
+    assert headings[:4] == ["*data-free*", "*needs training data*", "*needs the task at inference*",
+                            "*test-time adaptation*"]  # fmt: skip
+    assert rows.index("*data-free*") < rows.index("CART + SVC") < rows.index("*needs training data*")
+    data_group = rows[rows.index("*needs training data*") + 1 : rows.index("*needs the task at inference*")]
+    assert sorted(data_group) == ["Fisher merging", "RegMean"]
+    assert rows.index("*needs the task at inference*") + 1 == rows.index("EMR")
+    assert "classify every test image with its own task's model" in markdown
 
 
 def test_jobs_are_forked_by_the_job_server(finished_run: Path) -> None:

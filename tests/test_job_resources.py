@@ -241,3 +241,12 @@ def test_the_combine_sweep_verb_writes_the_single_jobs_bytes(toy_sweep, tmp_path
     outputs = ["--out", str(missing / "cart.csv"), "--correct", str(missing / "cart.correct.safetensors")]
     assert main([*args, "--parts-correct", *map(str, corrects), *outputs]) == 2
     assert not missing.exists() or not any(missing.iterdir())
+
+
+def test_sweeps_are_started_longest_first_with_wudis_optimisation_counted() -> None:
+    from mergeflow.dag.resources import sweep_passes
+
+    assert sweep_passes("cart", {"rank": [0.0, 0.5], "lam": [1.0, 2.0, 3.0]}) == 6
+    assert sweep_passes("cart+svc@x", {"rank": 0.1, "lam": [1.0, 2.0], "alpha": [0.1, 1.0]}) == 4
+    # 300 Adam steps per matrix cost about 30 val passes on tiny8, more than a 6-point grid
+    assert sweep_passes("wudi", {}) == 31 and sweep_passes("wudi", {"iterations": [100, 300]}) == 2 * 31

@@ -19,7 +19,18 @@ from mergeflow.evaluation.sweep import (
     sweep_method,
 )
 from mergeflow.io import InputError, load_state_dict
-from mergeflow.models.clip import build_clip, load_image_encoder, load_spec, save_model_dir, tiny_clip_spec
+from mergeflow.merging.regmean_plusplus import regmean_plusplus_visual
+from mergeflow.merging.task_statistics import InMemoryStatistics
+from mergeflow.models.clip import (
+    build_clip,
+    load_image_encoder,
+    load_spec,
+    load_weights,
+    save_model_dir,
+    tiny_clip_spec,
+)
+from mergeflow.statistics.grams import linear_input_grams
+from mergeflow.statistics.images import image_batches
 
 ARCH = {
     "image_size": 16, "patch_size": 8, "width": 32, "layers": 1, "heads": 2, "embed_dim": 16,
@@ -247,3 +258,57 @@ def test_every_evaluated_pass_logs_its_images_and_seconds(setup, caplog) -> None
     assert {int(m[4]) for m in passes if m[1] == "val"} == {40 * len(TASKS)}
     assert {int(m[4]) for m in passes if m[1] == "test"} == {30 * len(TASKS)}
     assert all(float(m[5]) > 0 for m in passes)
+
+
+def test_emr_evaluates_each_task_with_its_own_model(setup) -> None:
+    pretrained, finetuned, evaluate, reference = setup
+    rows, correct = sweep_method("emr", {}, pretrained, finetuned, evaluate, reference, progress=False)
+    assert set(rows["setting"]) == {"{}"} and rows["best"].all()
+    for index, task in enumerate(TASKS):
+        own = merging.merge_state_dicts("emr", pretrained, finetuned, {"task": index})
+        evaluate.load_state_dict(own, "task model")
+        assert np.array_equal(correct["emr"][task], evaluate.correct("test", [task])[task]), task
+    with pytest.raises(InputError, match="methods.emr.task: set by the sweep"):
+        sweep_method("emr", {"task": [0, 1]}, pretrained, finetuned, evaluate, reference, progress=False)
+
+
+def test_a_calibrated_sweep_merges_every_lambda_on_its_own(setup) -> None:
+    pretrained, finetuned, evaluate, reference = setup
+    grid = {"lam": [0.5, 1.5], "alpha": [0.1, 1.0]}
+    rows, correct = sweep_method("task_arithmetic+svc", grid, pretrained, finetuned, evaluate, reference,
+                                 progress=False)  # fmt: skip
+    assert rows["setting"].nunique() == 4 and set(rows["method"]) == {"task_arithmetic+svc"}
+    setting = json.loads(rows.loc[rows["best"], "setting"].iloc[0])
+    merged = merging.merge_state_dicts("task_arithmetic+svc", pretrained, finetuned, setting)
+    evaluate.load_state_dict(merged, "calibrated")
+    assert all(np.array_equal(correct["task_arithmetic+svc"][t], v) for t, v in evaluate.correct("test").items())
+
+
+def test_regmean_reads_its_statistics_and_regmean_plusplus_its_training_images(setup) -> None:
+
+    pretrained, finetuned, evaluate, reference = setup
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, size=(12, 16, 16, 3), dtype=np.uint8) for _ in TASKS]
+    grams = []
+    for model, task_images in zip(finetuned, images):
+        visual = build_clip(evaluate.spec).visual
+        load_weights(visual, model, "expert")
+        grams.append(linear_input_grams(visual, image_batches(task_images, evaluate.spec, 5, torch.device("cpu"))))
+    statistics = InMemoryStatistics(grams)
+    grid = {"reduce_non_diagonal_ratio": [0.5, 0.95]}
+    rows, correct = sweep_method("regmean", grid, pretrained, finetuned, evaluate, reference,
+                                 task_statistics=statistics, progress=False)  # fmt: skip
+    setting = json.loads(rows.loc[rows["best"], "setting"].iloc[0])
+    evaluate.load_state_dict(merging.merge_state_dicts("regmean", pretrained, finetuned, setting,
+                                                       task_statistics=statistics), "regmean")  # fmt: skip
+    assert all(np.array_equal(correct["regmean"][t], v) for t, v in evaluate.correct("test").items())
+    with pytest.raises(InputError, match="regmean needs its grams statistics"):
+        sweep_method("regmean", grid, pretrained, finetuned, evaluate, reference, progress=False)
+
+    rows, correct = sweep_method("regmean_plusplus", {}, pretrained, finetuned, evaluate, reference,
+                                 training_images=images, training_batch_size=5, progress=False)  # fmt: skip
+    batches = [image_batches(task_images, evaluate.spec, 5, torch.device("cpu")) for task_images in images]
+    evaluate.load_state_dict(regmean_plusplus_visual(evaluate.spec, pretrained, finetuned, batches), "regmean++")
+    assert all(np.array_equal(correct["regmean_plusplus"][t], v) for t, v in evaluate.correct("test").items())
+    with pytest.raises(InputError, match="merges through the models on training images; none were given"):
+        sweep_method("regmean_plusplus", {}, pretrained, finetuned, evaluate, reference, progress=False)

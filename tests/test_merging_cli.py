@@ -13,6 +13,7 @@ from mergeflow.commands.main import main
 from mergeflow.commands.merging import register
 from mergeflow.io import load_state_dict, save_state_dict
 from mergeflow.merging import METHODS, merge_state_dicts
+from mergeflow.merging.registry import MODIFIERS, NEEDS_GROUPS
 
 KEYS = {
     "transformer.resblocks.0.attn.in_proj_weight": (12, 4),
@@ -128,10 +129,20 @@ def test_merge_key_mismatch_names_file_and_key(models, tmp_path: Path, capsys: p
 def test_methods_lists_every_method_and_hyper_parameter(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    headers = [line.split(":")[0] for line in out.splitlines() if not line.startswith(" ")]
+    headers = [line.split(":")[0] for line in out.splitlines() if not line.startswith((" ", "#"))]
+    groups = [line for line in out.splitlines() if line.startswith("#")]
+    assert groups[:3] == ["# data-free", "# needs training data", "# needs the task at inference"]
+    assert groups[3].startswith("# modifiers: write <method>+<modifier> (e.g. cart+svc)")
     adaptive = "; test-time adaptation on unlabeled test images)"
-    static = [f"{name} ({method.display})" for name, method in METHODS.items()]
-    assert headers == static + [f"{name} ({cls.display}{adaptive}" for name, cls in SETTINGS_CLASSES.items()]
+    order = list(NEEDS_GROUPS)
+    by_group = sorted(METHODS.items(), key=lambda item: order.index(item[1].needs))
+    static = [f"{name} ({method.display})" for name, method in by_group]
+    modifiers = [f"+{name} ({modifier.display})" for name, modifier in MODIFIERS.items()]
+    assert headers == static + modifiers + [
+        f"{name} ({cls.display}{adaptive}" for name, cls in SETTINGS_CLASSES.items()
+    ]
+    assert out.index("emr (EMR)") > out.index("# needs the task at inference") > out.index("wudi (WUDI)")
+    assert "    alpha (float, default 0.1; (0, inf)): calibration strength" in out
     assert headers[-1] == "adarank (AdaRank; test-time adaptation on unlabeled test images)"
     assert list(SETTINGS_CLASSES) == ["adamerging", "adamerging_cart", "adarank"]
     for method in METHODS.values():

@@ -23,6 +23,10 @@ EXPECTED_DEFAULTS = {
     "lowrank_ta": {"rank": 0.08, "lam": 0.3},
     "cart": {"rank": 0.08, "lam": 1.0},
     "wudi": {"iterations": 300, "lr": 1e-5, "lam": 1.0},
+    "regmean": {"reduce_non_diagonal_ratio": 0.95},
+    "regmean_plusplus": {"reduce_non_diagonal_ratio": 0.95},
+    "fisher": {"minimal_fisher_weight": 1e-6, "normalize_fisher_weight": True, "fisher_scaling_coefficients": 1.0},
+    "emr": {"task": 0},
 }
 
 

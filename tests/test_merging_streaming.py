@@ -13,6 +13,7 @@ from mergeflow.io import InputError, load_state_dict, save_state_dict
 from mergeflow.merging import METHODS, merge_files, merge_state_dicts
 from mergeflow.merging.keys import is_cart_matrix
 from mergeflow.merging.kth_largest import KthLargest
+from mergeflow.merging.task_statistics import InMemoryStatistics
 
 SHAPES = {
     "conv1.weight": (4, 3, 2, 2),
@@ -25,12 +26,15 @@ SHAPES = {
     "proj": (8, 4),
 }
 
-CASES = [(name, {}) for name in METHODS] + [
+# The data-based methods need statistics or training images: their own test below.
+PLAIN_METHODS = [name for name, method in METHODS.items() if method.needs != "training_data"]
+CASES = [(name, {}) for name in PLAIN_METHODS] + [
     ("dare", {"base": "ties", "seed": 4}),
     ("consensus", {"base": "ties", "k": 1}),
     ("ties", {"k": 0.7, "merge": "sum"}),
     ("cart", {"rank": 0.3}),
     ("lowrank_ta", {"rank": 0.3}),
+    ("cart+svc", {"rank": 0.3, "alpha": 0.5}),
 ]
 
 
@@ -68,8 +72,53 @@ def test_streaming_equals_in_memory_bit_for_bit(files, tmp_path: Path, name: str
     # WUDI merges only the residual blocks' attention/MLP matrices, as its authors' code does.
     matrices = sum(is_cart_matrix(key) for key in SHAPES)
     assert summary.tensors_touched == {"zeroshot": 0, "wudi": matrices}.get(name, len(SHAPES))
+    assert not (tmp_path / "out" / "merged.safetensors.tmp").exists()
     with safe_open(str(tmp_path / "out" / "merged.safetensors"), framework="pt") as handle:
         assert handle.metadata()["mergeflow.method"] == name
+
+
+def random_statistics(models: list[dict[str, torch.Tensor]], kind: str) -> list[dict[str, torch.Tensor]]:
+    """Per fine-tuned model, positive semi-definite input Grams of the CART matrices, or a positive Fisher per key."""
+    generator = torch.Generator().manual_seed(5)
+    statistics = []
+    for _ in models[1:]:
+        if kind == "grams":
+            inputs = {
+                key: torch.randn(20, SHAPES[key][1], generator=generator) for key in SHAPES if is_cart_matrix(key)
+            }
+            statistics.append({key: x.T @ x / 20 for key, x in inputs.items()})
+        else:
+            statistics.append({key: torch.rand(SHAPES[key], generator=generator) for key in SHAPES})
+    return statistics
+
+
+@pytest.mark.parametrize(("name", "kind"), [("regmean", "grams"), ("fisher", "fisher")])
+def test_data_based_merges_stream_their_statistics_bit_for_bit(files, tmp_path: Path, name: str, kind: str) -> None:
+    models, pretrained, finetuned = files
+    statistics = random_statistics(models, kind)
+    paths = []
+    for index, stats in enumerate(statistics):
+        paths.append(tmp_path / f"{kind}{index}.safetensors")
+        save_state_dict(paths[-1], stats)
+    merge_files(name, pretrained, finetuned, {}, tmp_path / "merged.safetensors", task_statistics=paths)
+    streamed = load_state_dict(tmp_path / "merged.safetensors")
+    in_memory = merge_state_dicts(name, models[0], models[1:], {}, task_statistics=InMemoryStatistics(statistics))
+    for key in in_memory:
+        assert torch.equal(streamed[key], in_memory[key]), key
+    assert not torch.equal(
+        in_memory["transformer.resblocks.0.mlp.c_fc.weight"], models[0]["transformer.resblocks.0.mlp.c_fc.weight"]
+    )
+    with pytest.raises(InputError, match=f"{name} needs its {kind} statistics, one file per fine-tuned model"):
+        merge_files(name, pretrained, finetuned, {}, tmp_path / "none.safetensors")
+    with pytest.raises(InputError, match="keys differ"):
+        merge_files(name, pretrained, finetuned, {}, tmp_path / "x.safetensors",
+                    task_statistics=[paths[0], paths[1], tmp_path / "merged.safetensors"])  # fmt: skip
+
+
+def test_regmean_plusplus_is_refused_outside_an_evaluation_sweep(files, tmp_path: Path) -> None:
+    _, pretrained, finetuned = files
+    with pytest.raises(InputError, match="regmean_plusplus merges through the models on training images"):
+        merge_files("regmean_plusplus", pretrained, finetuned, {}, tmp_path / "merged.safetensors")
 
 
 def test_half_precision_files_stream_to_half_precision(tmp_path: Path) -> None:

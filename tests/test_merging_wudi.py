@@ -33,12 +33,27 @@ def authors_wudi(vectors: torch.Tensor, iter_num: int, lr: float) -> torch.Tenso
     return merging_vector.data.detach().cpu()
 
 
-def test_equals_the_authors_algorithm_bit_for_bit() -> None:
-    vectors = torch.randn(3, 12, 4, generator=torch.Generator().manual_seed(5))
-    for iterations, lr in ((0, 1e-5), (25, 1e-5), (40, 1e-2)):
-        ours = wudi_vector(vectors, iterations, lr)
-        assert torch.equal(ours, authors_wudi(vectors, iterations, lr)), (iterations, lr)
-    assert not torch.equal(wudi_vector(vectors, 40, 1e-2), vectors.sum(dim=0))
+def test_equals_the_authors_algorithm_bit_for_bit_up_to_square_matrices() -> None:
+    for shape in ((4, 12), (6, 6)):
+        vectors = torch.randn(3, *shape, generator=torch.Generator().manual_seed(5))
+        for iterations, lr in ((0, 1e-5), (25, 1e-5), (40, 1e-2)):
+            ours = wudi_vector(vectors, iterations, lr)
+            assert torch.equal(ours, authors_wudi(vectors, iterations, lr)), (shape, iterations, lr)
+        assert not torch.equal(wudi_vector(vectors, 40, 1e-2), vectors.sum(dim=0))
+
+
+def test_tall_matrices_take_the_gram_form_and_agree_with_the_authors() -> None:
+    # in_proj and c_fc shapes (3d × d, 4d × d), at the default 300 steps of lr 1e-5 on task vectors of a
+    # fine-tuned encoder's size (entries ~1e-3): the two orders of operations round apart by ~1e-9.
+    for shape in ((48, 16), (64, 16)):
+        vectors = 1e-3 * torch.randn(4, *shape, generator=torch.Generator().manual_seed(6))
+        ours, theirs = wudi_vector(vectors, 300, 1e-5), authors_wudi(vectors, 300, 1e-5)
+        moved = float((theirs - vectors.sum(dim=0)).abs().max())
+        assert moved > 1e-3
+        assert float((ours - theirs).abs().max()) < 1e-4 * moved
+    vectors = torch.randn(3, 12, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    ours, theirs = wudi_vector(vectors, 40, 1e-2), authors_wudi(vectors, 40, 1e-2)
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-12)
 
 
 def test_loss_is_the_papers_interference_by_hand() -> None:

@@ -96,16 +96,17 @@ def test_the_largest_paper_dag_builds_with_every_real_source(tmp_path):
         "fetch_finetuned": 20,
         "decompose": 2,
         "evaluate_reference": 1,
-        "merge_eval": 10,
-        "merge_eval_part": 6,
-        "combine_sweep": 2,
+        "task_statistics": 40,
+        "merge_eval": 17,
+        "merge_eval_part": 8,
+        "combine_sweep": 3,
         "adapt_eval": 3,
         "adaptation_figures": 4,
         "lambda_rank": 1,
         "spectrum": 1,
         "aggregate": 1,
         "all": 1,
-        "total": 93,
+        "total": 143,
     }
     assert "mergeflow fetch-pretrained --model ViT-L-14 --pretrained openai --image-size 224" in output
     assert f"mergeflow prepare-data --source {config['data']['source']} --task EMNIST --image-size 224" in output
@@ -114,7 +115,12 @@ def test_the_largest_paper_dag_builds_with_every_real_source(tmp_path):
     assert "--method cart@released" in output
     # GPU jobs (heads, SVD, evaluations, adaptations) ask for one GPU each; downloads, data and tables for none.
     requests = re.findall(r"^\s+resources: (.*)$", output, re.MULTILINE)
-    assert sum("gpu=1" in line for line in requests) == 20 + 2 + 1 + (10 + 6) + 3
+    assert sum("gpu=1" in line for line in requests) == 20 + 2 + 1 + 40 + (17 + 8) + 3
+    # the data stage: grams and fisher per task; RegMean++ draws its training images itself
+    assert "mergeflow task-statistics --kind grams --model-dir results/models/ViT-L-14" in output
+    assert "--task-statistics results/statistics/ViT-L-14/SUN397/fisher.safetensors" in output
+    assert "--training-images 256 --training-seed 0 --training-batch-size 32" in output
+    assert "--method cart+svc" in output and "--method emr" in output
     assert all("mem_mb=" in line and "runtime=" in line for line in requests if "gpu=1" in line)
 
 
@@ -186,12 +192,17 @@ def test_no_paper_job_asks_for_more_than_a_day_and_every_fetch_declares_memory(t
             assert [rank for grid in grids for rank in grid["rank"]] == config["methods"][method]["rank"]
             assert all(grid["lam"] == config["methods"][method]["lam"] for grid in grids)
     combines = [job for job in jobs if job["rule"] == "combine_sweep"]
-    assert len(combines) == (2 if parts > 1 else 0)
+    split = {job["wildcards"]["method"] for job in jobs if job["rule"] == "merge_eval_part"}
+    assert split >= ({"cart", "lowrank_ta"} if parts > 1 else set())
+    assert {job["wildcards"]["method"] for job in combines} == split
     for job in combines:
+        method = job["wildcards"]["method"]
+        count = sum(part["rule"] == "merge_eval_part" and part["wildcards"]["method"] == method for part in jobs)
+        assert count == parts or method not in ("cart", "lowrank_ta")
         tables = re.search(r"--parts (.*?) --parts-correct (.*?) --out", job["shell"])
-        folder = f"results/{config['benchmark']}/{config['model']['name']}/eval/parts/{job['wildcards']['method']}"
-        assert tables.group(1).split() == [f"{folder}/{i}.csv" for i in range(1, parts + 1)]
-        assert tables.group(2).split() == [f"{folder}/{i}.correct.safetensors" for i in range(1, parts + 1)]
+        folder = f"results/{config['benchmark']}/{config['model']['name']}/eval/parts/{method}"
+        assert tables.group(1).split() == [f"{folder}/{i}.csv" for i in range(1, count + 1)]
+        assert tables.group(2).split() == [f"{folder}/{i}.correct.safetensors" for i in range(1, count + 1)]
 
 
 def test_a_lower_runtime_limit_cuts_sweeps_finer_and_refuses_a_job_it_cannot_cut(tmp_path):
@@ -199,7 +210,8 @@ def test_a_lower_runtime_limit_cuts_sweeps_finer_and_refuses_a_job_it_cannot_cut
     config["resources"] = {"max_runtime_min": 1000}
     jobs = _jobs(_dry_run(tmp_path, config))
     assert max(job["resources"]["runtime"] for job in jobs if job["rule"] != "all") <= 1000
-    assert sum(job["rule"] == "merge_eval_part" for job in jobs) == 3 + 3
+    # cart and lowrank_ta in 3 parts each, cart+svc's shorter rank list in 2
+    assert sum(job["rule"] == "merge_eval_part" for job in jobs) == 3 + 3 + 2
     # adarank's 10,000 adaptation steps are one job that no cut shortens
     config["resources"] = {"max_runtime_min": 900}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))

@@ -76,12 +76,35 @@ def test_packaged_csv_holds_the_readme_table_and_tsv_m(published: pd.DataFrame) 
     assert indexed[("ViT-B-32", 8, "adamerging_cart")] == 85.8
     assert indexed[("ViT-L-14", 20, "adamerging")] == 86.8
     assert [indexed[("ViT-B-32", count, "tsv_m")] for count in (8, 14, 20)] == [85.9, 80.1, 77.1]
-    # 9 methods of the authors' table for 2 models x 3 task counts, plus TSV-M on ViT-B-32 (CART paper), plus
-    # the Iso paper's TSV-M (the 6 cells the CART paper lacks), Iso-C and Iso-CTS for 3 models x 3 task counts.
-    assert len(published) == 9 * 6 + 3 + 6 + 9 + 9
+    # 9 methods of the authors' table for 2 models x 3 task counts, plus TSV-M, RegMean and Fisher on ViT-B-32
+    # (CART paper), plus the Iso paper's TSV-M (the 6 cells the CART paper lacks), Iso-C and Iso-CTS for 3 models x
+    # 3 task counts, plus the newer methods' own papers and FusionBench (8 tasks).
+    assert len(published) == 9 * 6 + 3 + 2 + 6 + 9 + 9 + 7
     cart_paper = published["source"].str.contains("arXiv 2412.12153")
     iso_paper = published["source"].str.contains("arXiv 2502.04959")
-    assert (cart_paper ^ iso_paper).all() and iso_paper.sum() == 24
+    assert not (cart_paper & iso_paper).any() and iso_paper.sum() == 24 and cart_paper.sum() == 9 * 6 + 3 + 2
+
+
+def test_the_newer_methods_rows_keep_their_source_and_experts(published: pd.DataFrame) -> None:
+    rows = published.set_index(["model", "num_tasks", "method"])
+    expected = {
+        ("ViT-B-32", 8, "regmean"): (71.8, "task_vectors", "arXiv 2412.12153"),
+        ("ViT-B-32", 8, "fisher"): (68.3, "task_vectors", "arXiv 2412.12153"),
+        ("ViT-B-32", 8, "wudi"): (85.2, "task_vectors", "arXiv 2503.08099"),
+        ("ViT-L-14", 8, "wudi"): (92.6, "task_vectors", "arXiv 2503.08099"),
+        ("ViT-B-32", 8, "emr"): (88.7, "task_vectors", "arXiv 2405.17461"),
+        ("ViT-B-16", 8, "emr"): (91.3, "emr_authors", "arXiv 2405.17461"),
+        ("ViT-L-14", 8, "emr"): (93.7, "task_vectors", "arXiv 2405.17461"),
+        ("ViT-B-32", 8, "regmean_plusplus"): (84.4, "fusionbench", "TA8.json"),
+        ("ViT-B-32", 8, "iso_cts+svc"): (85.6, "fusionbench", "arXiv 2602.05536"),
+    }
+    for key, (accuracy, experts, source) in expected.items():
+        assert rows.loc[key, "average_accuracy"] == accuracy, key
+        assert rows.loc[key, "experts"] == experts and source in rows.loc[key, "source"], key
+    # a modified merge's number belongs to its entry, not to the method it modifies
+    numbers = published_averages(published, "ViT-B-32", TASKS_8)
+    assert numbers["iso_cts+svc"].average_accuracy == 85.6 and numbers["iso_cts"].average_accuracy == 86.2
+    assert published_for("task_arithmetic+svc", numbers) is None
 
 
 def test_the_iso_papers_rows(published: pd.DataFrame) -> None:
@@ -91,7 +114,7 @@ def test_the_iso_papers_rows(published: pd.DataFrame) -> None:
     assert [indexed[(*cell, "iso_c")] for cell in cells] == [86.3, 80.3, 75.5, 90.6, 84.8, 79.6, 94.2, 89.3, 87.6]
     assert [indexed[(*cell, "tsv_m")] for cell in cells] == [85.9, 80.1, 77.1, 89.0, 84.6, 80.6, 93.0, 89.2, 87.7]
     numbers = published_averages(published, "ViT-B-16", TASKS_8)
-    assert set(numbers) == {"tsv_m", "iso_c", "iso_cts"} and numbers["iso_c"].source.startswith("Iso paper")
+    assert set(numbers) == {"tsv_m", "iso_c", "iso_cts", "emr"} and numbers["iso_c"].source.startswith("Iso paper")
 
 
 def test_numbers_apply_to_the_papers_suite_in_any_order(published: pd.DataFrame) -> None:

@@ -41,6 +41,19 @@ def methods(model: str, num_tasks: int) -> dict:
         "lowrank_ta": {"rank": list(RANKS), "lam": [0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0]},
         "cart": {"rank": list(RANKS), "lam": [0.5, 1.0, 1.5, 1.9, 2.0, 2.5, 3.0]},
         "cart@released": {"rank": rank, "lam": lam},
+        # WUDI as its authors run it: 300 Adam steps of lr 1e-5 per matrix, λ 1.
+        "wudi": {},
+        # Singular value calibration of three merges' results; α around FusionBench's defaults (0.1 for task
+        # arithmetic, 0.2 for Iso-CTS; CART has none). Each (rank, λ, α) is calibrated on its own.
+        "task_arithmetic+svc": {"lam": [0.3, 0.5, 0.7, 1.0], "alpha": [0.1, 0.5, 1.0]},
+        "iso_cts+svc": {"common_fraction": 0.8, "lam": [1.0, 1.5, 2.0], "alpha": [0.1, 0.2, 0.5, 1.0]},
+        "cart+svc": {"rank": [0.08, 0.12, 0.16, 0.32], "lam": [1.5, 2.0, 2.5, 3.0], "alpha": [0.1, 0.5, 1.0]},
+        # Data-based: statistics of each expert on 256 of its task's training images (task_statistics.images).
+        "regmean": {"reduce_non_diagonal_ratio": [0.7, 0.8, 0.9, 0.95]},
+        "regmean_plusplus": {"reduce_non_diagonal_ratio": [0.8, 0.95]},
+        "fisher": {},
+        # One model per task (the task is known at inference): an upper reference.
+        "emr": {},
         # Test-time adaptation with the official settings (docs/methods.md): layer-wise AdaMerging, Adam lr 1e-3,
         # batches of 16, 500 steps (AdaRank 10000), λ from 0.3 clamped to [0, 1]; AdaMerging + CART and
         # AdaRank start from CART's val-selected rank and λ.

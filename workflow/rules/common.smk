@@ -6,9 +6,10 @@ import re
 import shlex
 import sys
 
-from mergeflow.dag.resources import grid_points, job_resources, sweep_parts
+from mergeflow.dag.resources import adaptation_passes, job_resources, sweep_parts, sweep_passes
 from mergeflow.adaptive.settings import is_adaptive
 from mergeflow.merging.entries import base_method, factor_kind
+from mergeflow.merging.registry import METHODS as MERGE_METHODS
 
 MODEL = config["model"]["name"]
 MODEL_SOURCE = config["model"]["source"]
@@ -21,14 +22,18 @@ STATIC_METHODS = [method for method in METHODS if not is_adaptive(method)]
 ADAPTIVE_ENTRIES = [method for method in METHODS if is_adaptive(method)]
 RESULTS = "results"
 SUITE = f"{RESULTS}/{BENCHMARK}/{MODEL}"
-WRITES_TRAIN = config["data"]["source"] == "tiny" or FINETUNED["source"] == "finetune"
+# Methods that read training images (RegMean, RegMean++, Fisher): the data stage's statistics, or the images.
+DATA_METHODS = [method for method in STATIC_METHODS if MERGE_METHODS[base_method(method)].needs == "training_data"]
+WRITES_TRAIN = config["data"]["source"] == "tiny" or FINETUNED["source"] == "finetune" or bool(DATA_METHODS)
+TASK_STATISTICS = config["task_statistics"]
 
 
 wildcard_constraints:
     task="|".join(TASKS),
-    method="|".join(METHODS),
+    method="|".join(re.escape(method) for method in METHODS),
     model=MODEL,
     kind="centered|original",
+    statistic="grams|fisher",
 
 
 def data_dir(task):
@@ -260,9 +265,18 @@ def task_flags():
     )
 
 
-def sweep_points(wildcards):
-    """How many settings a merge_eval job evaluates on val."""
-    return grid_points(sweep_grid(wildcards))
+# Above every sweep's priority (its length in val passes), so that a short figure job that is ready runs then.
+EARLY_REPORT_PRIORITY = 10000
+
+
+def adaptation_priority(wildcards):
+    """An adapt_eval job's length in val passes, as merge_eval's priority counts them (mergeflow.dag.resources)."""
+    return adaptation_passes(config["methods"][wildcards.method])
+
+
+def sweep_priority(wildcards):
+    """A merge_eval job's length in val passes (mergeflow.dag.resources.sweep_passes): longest first."""
+    return sweep_passes(wildcards.method, sweep_grid(wildcards))
 
 
 def one_of(names):
@@ -274,6 +288,34 @@ def cart_eval_input(wildcards):
     """cart's evaluation, when an adaptive method takes a setting "selected" from it."""
     selected = "selected" in config["methods"][wildcards.method].values()
     return {"cart": f"{SUITE}/eval/cart.csv"} if selected and "cart" in METHODS else {}
+
+
+def statistics_path(task, kind):
+    return f"{RESULTS}/statistics/{MODEL}/{task}/{kind}.safetensors"
+
+
+def statistics_inputs(wildcards):
+    """The data stage's files a method reads, one per task (regmean: grams, fisher: fisher; none for others)."""
+    kind = MERGE_METHODS[base_method(wildcards.method)].task_statistics if wildcards.method in STATIC_METHODS else None
+    return {"statistics": [statistics_path(task, kind) for task in TASKS]} if kind else {}
+
+
+def training_image_flags():
+    """How many training images a data stage job (and RegMean++) draws per task, with which seed and batch size."""
+    return (
+        f"--images {TASK_STATISTICS['images']} --seed {TASK_STATISTICS['seed']}"
+        f" --batch-size {TASK_STATISTICS['batch_size']}"
+    )
+
+
+def merge_training_flags(method):
+    """merge-eval's training-image sample, for the method that merges through the models on them (RegMean++)."""
+    if method not in STATIC_METHODS or not MERGE_METHODS[base_method(method)].reads_training_images:
+        return ""
+    return (
+        f"--training-images {TASK_STATISTICS['images']} --training-seed {TASK_STATISTICS['seed']}"
+        f" --training-batch-size {TASK_STATISTICS['batch_size']}"
+    )
 
 
 def factor_inputs(wildcards):

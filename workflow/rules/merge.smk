@@ -28,6 +28,7 @@ rule decompose:
 rule merge_eval:
     input:
         unpack(factor_inputs),
+        unpack(statistics_inputs),
         **task_inputs(),
         reference=f"{SUITE}/eval/reference.csv",
     output:
@@ -39,11 +40,15 @@ rule merge_eval:
         tasks=task_flags(),
         grid=lambda wildcards: as_json(sweep_grid(wildcards)),
         factors=lambda wildcards, input: f"--factors {input.factors}" if "factors" in input.keys() else "",
+        statistics=lambda wildcards, input: (
+            f"--task-statistics {' '.join(input.statistics)}" if "statistics" in input.keys() else ""
+        ),
+        training=lambda wildcards: merge_training_flags(wildcards.method),
         evaluation=evaluation_flags(),
         device=device_flag(),
     threads: 1
     # The longest sweeps start first, so that the short ones fill the other cores instead of trailing alone.
-    priority: sweep_points
+    priority: sweep_priority
     resources:
         gpu=GPUS_PER_JOB,
         mem_mb=scaled("merge_eval", "mem_mb"),
@@ -56,6 +61,7 @@ rule merge_eval:
         benchmark_path("merge_eval", f"{BENCHMARK}/{MODEL}/{{method}}")
     shell:
         "mergeflow merge-eval --method {wildcards.method} --grid {params.grid:q} {params.tasks} {params.factors}"
+        " {params.statistics} {params.training}"
         " --reference {input.reference} {params.evaluation}"
         " --out {output.table} --correct {output.correct} --threads {threads} {params.device} > {log} 2>&1"
 
@@ -122,6 +128,8 @@ rule adapt_eval:
         evaluation=evaluation_flags(),
         device=device_flag(),
     threads: 1
+    # An adaptation is as long as a long sweep, and it waits for cart's: it starts as soon as it can.
+    priority: adaptation_priority
     resources:
         gpu=GPUS_PER_JOB,
         mem_mb=scaled("adapt_eval", "mem_mb"),

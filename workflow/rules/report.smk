@@ -90,6 +90,8 @@ rule adaptation_figures:
         figures_dir=lambda wildcards, output: os.path.dirname(output[0]),
         tasks=" ".join(TASKS),
         title=SUITE_LABEL,
+    # Ready long before the tables: run it while the sweeps run, not after them.
+    priority: EARLY_REPORT_PRIORITY
     resources:
         mem_mb=scaled("aggregate", "mem_mb"),
         runtime=scaled("aggregate", "runtime"),
@@ -121,6 +123,8 @@ rule lambda_rank:
         figures_dir=lambda wildcards, output: os.path.dirname(output.png),
         tasks=" ".join(TASKS),
         title=SUITE_LABEL,
+    # Ready long before the tables: run it while the sweeps run, not after them.
+    priority: EARLY_REPORT_PRIORITY
     resources:
         mem_mb=scaled("lambda_rank", "mem_mb"),
         runtime=scaled("lambda_rank", "runtime"),
@@ -165,6 +169,8 @@ rule spectrum:
         figures_dir=lambda wildcards, output: os.path.dirname(output.energy_png),
         title=SUITE_LABEL,
     threads: 2
+    # Ready long before the tables: run it while the sweeps run, not after them.
+    priority: EARLY_REPORT_PRIORITY
     resources:
         mem_mb=scaled("spectrum", "mem_mb"),
         runtime=scaled("spectrum", "runtime"),

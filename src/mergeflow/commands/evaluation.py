@@ -23,6 +23,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", type=json_value, default={}, help="JSON object: hyper-parameter → value or list")
     p.add_argument("--reference", required=True, help="CSV written by evaluate-reference")
     p.add_argument("--factors", default=None, help="task factors from `mergeflow decompose` (cart, lowrank_ta, tsv_m)")
+    p.add_argument(
+        "--task-statistics",
+        nargs="+",
+        default=(),
+        help="regmean, fisher: each fine-tuned encoder's `mergeflow task-statistics` file, in --tasks order",
+    )
+    p.add_argument("--training-images", type=int, default=256, help="regmean_plusplus: training images drawn per task")
+    p.add_argument("--training-seed", type=int, default=0, help="regmean_plusplus: seed of the draw")
+    p.add_argument("--training-batch-size", type=int, default=32, help="regmean_plusplus: images per forward pass")
     p.set_defaults(func=cmd_merge_eval)
 
     p = sub.add_parser("combine-sweep", help="join merge-eval tables of a rank sweep's parts, select on the whole grid")
@@ -60,24 +69,40 @@ def cmd_evaluate_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_merge_eval(args: argparse.Namespace) -> int:
+    import contextlib
+
     from mergeflow import merging
     from mergeflow.evaluation.correctness import save_correctness
     from mergeflow.evaluation.sweep import sweep_method
     from mergeflow.io import atomic_path
+    from mergeflow.merging.entries import base_method
+    from mergeflow.merging.task_statistics import open_task_statistics
+    from mergeflow.statistics.images import training_sample
 
     job = EvaluationJob(args, reference=True)
     factors = merging.load_task_factors(args.factors, device=str(job.device)) if args.factors else None
-    rows, correct = sweep_method(
-        args.method,
-        args.grid,
-        job.pretrained,
-        job.finetuned,
-        job.evaluator,
-        job.reference,
-        factors=factors,
-        device=str(job.device),
-        progress=not args.no_progress,
-    )
+    if args.task_statistics and len(args.task_statistics) != len(args.tasks):
+        counts = f"{len(args.task_statistics)} --task-statistics for {len(args.tasks)} --tasks"
+        raise InputError(f"{counts}: expected one statistics file per task")
+    training_images = None
+    if merging.get_method(base_method(args.method)).reads_training_images:
+        training_images = [training_sample(data, args.training_images, args.training_seed) for data in args.data]
+    with contextlib.ExitStack() as stack:
+        statistics = stack.enter_context(open_task_statistics(args.task_statistics)) if args.task_statistics else None
+        rows, correct = sweep_method(
+            args.method,
+            args.grid,
+            job.pretrained,
+            job.finetuned,
+            job.evaluator,
+            job.reference,
+            factors=factors,
+            task_statistics=statistics,
+            training_images=training_images,
+            training_batch_size=args.training_batch_size,
+            device=str(job.device),
+            progress=not args.no_progress,
+        )
     save_correctness(args.correct, correct)
     with atomic_path(args.out) as tmp:
         rows.to_csv(tmp, index=False)

@@ -7,13 +7,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from mergeflow.commands import adaptive, data, evaluation, merging, models, report
+from mergeflow.commands import adaptive, data, evaluation, merging, models, report, statistics
 from mergeflow.io import InputError
 
 log = logging.getLogger("mergeflow")
 
 # In `mergeflow --help` order: the stages as the workflow runs them, then the merge tool and the report.
-VERB_MODULES = (data, models, evaluation, adaptive, merging, report)
+VERB_MODULES = (data, models, statistics, evaluation, adaptive, merging, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 from mergeflow.io import InputError
 
 if TYPE_CHECKING:
-    from mergeflow.merging.registry import MergeMethod
+    from mergeflow.merging.hparams import HParam
+    from mergeflow.merging.registry import MergeMethod, MergeModifier
 
 # The engine (and torch) is imported inside the commands so that building the `mergeflow` parser,
 # which every pipeline job does, stays fast.
@@ -25,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Merge safetensors state dicts (identical keys and shapes) tensor by tensor and write the "
         "result atomically. `mergeflow methods` lists the methods and their hyper-parameters.",
     )
-    merge.add_argument("--method", required=True, metavar="NAME", help="merge method, e.g. cart")
+    merge.add_argument(
+        "--method", required=True, metavar="NAME", help="merge method, e.g. cart, or with a modifier: cart+svc"
+    )
     merge.add_argument(
         "--set",
         dest="overrides",
@@ -37,6 +40,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     merge.add_argument("--pretrained", required=True, type=Path, help="pretrained encoder (.safetensors)")
     merge.add_argument("--finetuned", required=True, nargs="+", type=Path, help="fine-tuned encoders, one per task")
     merge.add_argument("--output", required=True, type=Path, help="where to write the merged encoder")
+    merge.add_argument(
+        "--task-statistics",
+        nargs="+",
+        type=Path,
+        default=(),
+        metavar="FILE",
+        help="for regmean and fisher: each fine-tuned encoder's statistics (`mergeflow task-statistics`), same order",
+    )
     merge.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
@@ -94,6 +105,7 @@ def run_merge(args: argparse.Namespace) -> int:
             args.output,
             device=device,
             progress=True,
+            task_statistics=args.task_statistics,
         )
     except InputError as err:
         print(f"mergeflow merge: error: {err}", file=sys.stderr)
@@ -107,24 +119,36 @@ def run_merge(args: argparse.Namespace) -> int:
 
 
 def run_methods(args: argparse.Namespace) -> int:
-    """Every method a config's `methods` may name: the static merges, then the test-time adaptive ones."""
+    """Every method a config's `methods` may name: the static merges under a `#` line per group (what they need),
+    the modifiers any static merge takes, then the test-time adaptive methods."""
     from mergeflow.adaptive.settings import SETTINGS_CLASSES, describe_settings
-    from mergeflow.merging.registry import METHODS
+    from mergeflow.merging.registry import METHODS, MODIFIERS, NEEDS_GROUPS
 
-    for method in METHODS.values():
-        print("\n".join(describe_method(method)))
+    for needs, group in NEEDS_GROUPS.items():
+        print(f"# {group}")
+        for method in METHODS.values():
+            if method.needs == needs:
+                print("\n".join(describe_method(method)))
+    print("# modifiers: write <method>+<modifier> (e.g. cart+svc); the modifier's settings join the method's grid")
+    for modifier in MODIFIERS.values():
+        print("\n".join(describe_modifier(modifier)))
     for settings in SETTINGS_CLASSES.values():
         print("\n".join(describe_settings(settings)))
     return 0
 
 
+def describe_params(params: Sequence[HParam]) -> list[str]:
+    if not params:
+        return ["    (no hyper-parameters)"]
+    return [
+        f"    {param.name} ({param.type_name}, default {format_value(param.default)}; {param.allowed}): {param.summary}"
+        for param in params
+    ]
+
+
 def describe_method(method: MergeMethod) -> list[str]:
-    lines = [f"{method.name} ({method.display}): {method.summary}"]
-    if not method.params:
-        lines.append("    (no hyper-parameters)")
-    for param in method.params:
-        lines.append(
-            f"    {param.name} ({param.type_name}, default {format_value(param.default)}; "
-            f"{param.allowed}): {param.summary}"
-        )
-    return lines
+    return [f"{method.name} ({method.display}): {method.summary}", *describe_params(method.params)]
+
+
+def describe_modifier(modifier: MergeModifier) -> list[str]:
+    return [f"+{modifier.name} ({modifier.display}): {modifier.summary}", *describe_params(modifier.params)]

@@ -20,12 +20,12 @@ from mergeflow.adaptive.settings import ADAPTIVE_METHODS, FROM_CART, SELECTED, i
 from mergeflow.checkpoints import tables
 from mergeflow.image_tasks.registry import TASKS as IMAGE_TASKS
 from mergeflow.io import InputError
-from mergeflow.merging.entries import base_method, entry_pattern, expand_grid
-from mergeflow.merging.registry import METHODS, resolve_hparams
+from mergeflow.merging.entries import base_method, entry_pattern, expand_grid, merge_name
+from mergeflow.merging.registry import METHODS, MODIFIER_SEPARATOR, merge_spec, resolve_hparams
 from mergeflow.tiny.tasks import TINY_TASKS
 
 # Config values that become one component of a path under results/.
-_PATH_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]*")
+_PATH_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]*")
 # The schema's patterns in words, for the messages.
 _PATTERN_WORDS = {
     "^[A-Za-z0-9_.-]+$": "letters, digits, '_', '.' and '-' only",
@@ -82,10 +82,23 @@ def _describe(error: jsonschema.ValidationError) -> str:
         if "propertyNames" in error.absolute_schema_path and list(error.absolute_path) == ["methods"]:
             known = [*METHODS, *ADAPTIVE_METHODS]
             name = base_method(str(instance))
+            if name in known and MODIFIER_SEPARATOR in merge_name(str(instance)):
+                return _modifier_problem(merge_name(str(instance)))
             return f"unknown method {name!r}{_close(name, known)}; known: {known}, each optionally with @<variant>"
         words = _PATTERN_WORDS.get(error.validator_value, f"matching {error.validator_value!r}")
         return f"{instance!r} is not allowed; expected {words}"
     return error.message
+
+
+def _modifier_problem(name: str) -> str:
+    """Why `name` (`emr+svc`, `cart+foo`) is no valid method with modifiers, in the registry's words."""
+    if base_method(name) not in METHODS:
+        return f"{base_method(name)} is a test-time adaptive method; modifiers apply to static merges"
+    try:
+        merge_spec(name)
+    except InputError as err:
+        return str(err)
+    return f"{name!r} is not allowed"
 
 
 def _most_specific(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
@@ -196,9 +209,9 @@ def _static_problems(entry: str, grid: Mapping[str, Any]) -> list[str]:
     problems = []
     for point in expand_grid(grid):
         try:
-            resolve_hparams(base_method(entry), point)
+            resolve_hparams(merge_name(entry), point)
         except InputError as err:
-            problems.append(f"methods.{entry}: {str(err).removeprefix(base_method(entry) + ': ')}")
+            problems.append(f"methods.{entry}: {str(err).removeprefix(merge_name(entry) + ': ')}")
     return list(dict.fromkeys(problems))
 
 
@@ -230,6 +243,8 @@ def method_problems(config: Mapping[str, Any]) -> list[str]:
             ]
             if not selected:
                 problems += _static_problems(entry, values)
+            if METHODS[base_method(entry)].needs == "task_at_inference" and "task" in values:
+                problems.append(f"methods.{entry}.task: set by the sweep (every task gets its own model), not a config")
     return problems
 
 

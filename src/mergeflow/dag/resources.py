@@ -76,6 +76,33 @@ def grid_points(grid: Mapping[str, Any]) -> int:
     return math.prod(len(value) if isinstance(value, list | tuple) else 1 for value in grid.values())
 
 
+# WUDI's Adam steps cost about as much as one val pass per this many steps (tiny8 on one CPU thread: 300 steps
+# over 16 matrices took 21 s, a val pass of its 1600 images 0.7 s).
+WUDI_STEPS_PER_PASS = 10
+
+
+def sweep_passes(method: str, grid: Mapping[str, Any]) -> int:
+    """How long a static method's sweep takes, in val passes: one per grid point, and WUDI's optimisation on top.
+
+    The workflow starts the longest sweeps first by it, so that short ones fill the other cores at the end.
+    """
+    passes = grid_points(grid)
+    if method.split("@", 1)[0].split("+", 1)[0] == "wudi":
+        steps = grid.get("iterations", 300)
+        return passes * (1 + max(steps if isinstance(steps, list | tuple) else [steps]) // WUDI_STEPS_PER_PASS)
+    return passes
+
+
+# An adaptation step over every task's batch costs about as much as half a val pass (tiny8 on one CPU thread: 50
+# steps of batches of 16 took 17 s, a val pass of 1600 images 0.7 s).
+ADAPTATION_STEPS_PER_PASS = 2
+
+
+def adaptation_passes(settings: Mapping[str, Any]) -> int:
+    """How long an adaptive method's job takes, in val passes (the unit of `sweep_passes`)."""
+    return int(settings.get("steps", 10000)) // ADAPTATION_STEPS_PER_PASS
+
+
 def _request(mem_mb: float, minutes: float) -> dict[str, int]:
     return {
         "mem_mb": int(math.ceil(max(MIN_MEM_MB, mem_mb))),
@@ -105,6 +132,10 @@ def job_resources(rule: str, model: str, num_tasks: int, grid: Mapping[str, Any]
     if rule == "decompose":
         # the T task vectors and their thin SVD factors (about 1.3× a matrix each)
         return _request(BASE_MB + 3 * tasks * encoders, 2 * tasks * encoders / 350)
+    if rule == "task_statistics":
+        # one encoder with its gradients and per-example gradients (fisher), or its float64 input Grams (a ViT-L/14's
+        # 24 blocks × (3 · 1024² + 4096²) entries, 3.8 GB, about 3 encoders); 256 images forward and backward
+        return _request(BASE_MB + 4 * encoders, 10 + 5 * scale.compute)
     if rule == "merge_eval":
         points = grid_points(grid or {})
         merge_minutes = 0.2 * encoders / 350

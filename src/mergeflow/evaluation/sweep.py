@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,8 @@ from mergeflow.evaluation.accuracy import EvalSettings, predict_staged, stage_sp
 from mergeflow.evaluation.correctness import INDIVIDUAL_ROW, ZERO_SHOT_ROW, Correctness
 from mergeflow.evaluation.selection import as_rows, mark_selection, selected_settings, setting_key, sweep_axis_of
 from mergeflow.io import InputError
-from mergeflow.merging.entries import base_method, expand_grid, factor_kind
+from mergeflow.merging.entries import base_method, entry_modifiers, expand_grid, factor_kind, merge_name
+from mergeflow.merging.task_statistics import TaskStatistics
 from mergeflow.models.clip import ModelSpec, check_weights
 from mergeflow.runtime.device import synchronize
 from mergeflow.types import StateDict
@@ -164,6 +165,14 @@ def _without_lam(setting: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in setting.items() if k != "lam"}
 
 
+def _direction_key(method: str, setting: Mapping[str, Any]) -> str:
+    """Settings with equal keys share one merge direction: all but λ, unless a modifier made λ part of the merge."""
+    return setting_key(setting if entry_modifiers(method) else _without_lam(setting))
+
+
+TASK_PARAM = "task"
+
+
 def sweep_method(
     method: str,
     grid: Mapping[str, Any],
@@ -173,6 +182,9 @@ def sweep_method(
     reference: Mapping[str, Mapping[str, float]],
     *,
     factors: merging.TaskFactors | None = None,
+    task_statistics: TaskStatistics | None = None,
+    training_images: Sequence[np.ndarray] | None = None,
+    training_batch_size: int = 32,
     device: str = "cpu",
     progress: bool = True,
 ) -> tuple[pd.DataFrame, Correctness]:
@@ -184,10 +196,19 @@ def sweep_method(
     Settings that differ only in `lam` share one merge direction (origin + lam·delta), and spectral
     methods share one SVD per (task, matrix) across the whole grid. `reference[split][task]` is the
     individual fine-tuned accuracy used for normalisation. `factors` (from the decompose stage) are
-    computed here when a spectral method is given none.
+    computed here when a spectral method is given none; `task_statistics` (each fine-tuned model's, from the
+    data stage) are what regmean and fisher read, `training_images` (uint8 NHWC, one array per task, fed in batches
+    of `training_batch_size`) what regmean_plusplus merges through. A method that builds one model per task (EMR)
+    is evaluated on each task with that task's model.
     """
-    registry_name = base_method(method)
-    settings = [merging.resolve_hparams(registry_name, raw) for raw in expand_grid(grid)]
+    name = merge_name(method)
+    registry = merging.get_method(base_method(method))
+    per_task = registry.needs == "task_at_inference"
+    if per_task and TASK_PARAM in grid:
+        raise InputError(f"methods.{method}.{TASK_PARAM}: set by the sweep (each task gets its own model), not a grid")
+    settings = [merging.resolve_hparams(name, raw) for raw in expand_grid(grid)]
+    if per_task:
+        settings = [{k: v for k, v in setting.items() if k != TASK_PARAM} for setting in settings]
     if factors is None and factor_kind(method):
         centered = factor_kind(method) == "centered"
         factors = merging.compute_task_factors(pretrained, finetuned, centered=centered, device=device)
@@ -196,13 +217,53 @@ def sweep_method(
     # A direction without delta (cart at rank 0 or 1: θ_avg for every lam) is the same model at every lam.
     lam_free_results: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
+    built_results: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+
+    def built_models(setting: Mapping[str, Any]) -> Iterator[tuple[StateDict, list[str]]]:
+        """The models a method without a merge direction builds for `setting`, each with the tasks it serves."""
+        if per_task:
+            for index, task in enumerate(evaluator.task_names):
+                yield merging.merge_state_dicts(name, pretrained, finetuned, {**setting, TASK_PARAM: index},
+                                                device=device), [task]  # fmt: skip
+        else:
+            yield merge_through_models(setting), list(evaluator.task_names)
+
+    def merge_through_models(setting: Mapping[str, Any]) -> StateDict:
+        """RegMean++, the one method that runs the models on training images while it merges."""
+        from mergeflow.merging.regmean_plusplus import regmean_plusplus_visual
+        from mergeflow.statistics.images import image_batches
+
+        if training_images is None:
+            raise InputError(f"{method}: merges through the models on training images; none were given")
+        batches = [image_batches(images, evaluator.spec, training_batch_size, torch.device(device))
+                   for images in training_images]  # fmt: skip
+        return regmean_plusplus_visual(evaluator.spec, pretrained, finetuned, batches,
+                                       setting["reduce_non_diagonal_ratio"], device=device)  # fmt: skip
+
+    def evaluate_built(setting: Mapping[str, Any], split: str) -> dict[str, np.ndarray]:
+        """Both splits at once, so that each model is built once per setting."""
+        key = setting_key(setting)
+        if (key, split) not in built_results:
+            built_results.clear()
+            results: dict[str, dict[str, np.ndarray]] = {each_split: {} for each_split in EVAL_SPLITS}
+            started = time.perf_counter()
+            for model, tasks in built_models(setting):
+                evaluator.load_state_dict(model, f"{method} model for {', '.join(tasks)}")
+                for each_split in EVAL_SPLITS:
+                    results[each_split].update(evaluator.correct(each_split, tasks))
+            log.info("%s at %s: built and evaluated in %.3f s", method, key, time.perf_counter() - started)
+            built_results.update({(key, each_split): results[each_split] for each_split in EVAL_SPLITS})
+        return built_results[(key, split)]
+
     def evaluate(setting: Mapping[str, Any], split: str) -> dict[str, np.ndarray]:
+        if per_task or registry.reads_training_images:
+            return evaluate_built(setting, split)
         started = time.perf_counter()
-        key = setting_key(_without_lam(setting))
+        key = _direction_key(method, setting)
         if key not in directions:
             directions.clear()  # grid order groups lam values together; keep one direction in memory
             directions[key] = merging.merge_direction(
-                registry_name, pretrained, finetuned, setting, factors=factors, device=device
+                name, pretrained, finetuned, setting, factors=factors, device=device, task_statistics=task_statistics
             )
         direction = directions[key]
         if not direction.delta and (key, split) in lam_free_results:
@@ -254,8 +315,7 @@ def combine_sweep_parts(
     labels = sorted(set(rows["method"]))
     if labels != [method]:
         raise InputError(f"sweep parts of {method!r}: rows are labelled {labels}")
-    registry_name = base_method(method)
-    settings = _lam_innermost([merging.resolve_hparams(registry_name, raw) for raw in expand_grid(grid)])
+    settings = _lam_innermost([merging.resolve_hparams(merge_name(method), raw) for raw in expand_grid(grid)])
     position = {setting_key(setting): index for index, setting in enumerate(settings)}
     val = rows[rows["split"] == "val"]
     counts = val.groupby("setting").size()

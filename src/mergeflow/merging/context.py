@@ -14,13 +14,16 @@ from tqdm import tqdm
 from mergeflow.merging import vectors
 from mergeflow.merging.sources import TensorSource
 from mergeflow.merging.spectral import MatrixFactors, truncated_svd
+from mergeflow.merging.task_statistics import TaskStatistics, stacked_statistics
 
 
 class TensorContext:
     """One floating-point tensor of every model, in the compute dtype on the compute device.
 
     `statistics` is what the method's whole-model pass returned (TIES thresholds), `factors` the
-    cached SVD of this tensor's task vectors when the caller supplied them.
+    cached SVD of this tensor's task vectors when the caller supplied them, `task_statistics` the T
+    fine-tuned models' data statistics of this key stacked (RegMean's Grams, Fisher's diagonal), or None
+    when the key has none.
 
     The context owns the stack of fine-tuned tensors and turns it into τ_t or τ̄_t in place the
     first time either is asked for: holding θ_t and τ_t side by side would double the T-sized term
@@ -36,12 +39,14 @@ class TensorContext:
         hparams: Mapping[str, Any],
         statistics: Any = None,
         factors: MatrixFactors | None = None,
+        task_statistics: torch.Tensor | None = None,
     ) -> None:
         self.key = key
         self.pretrained = pretrained
         self.hparams = hparams
         self.statistics = statistics
         self.factors = factors
+        self.task_statistics = task_statistics
         self._stack = finetuned
         self._stack_holds: Literal["finetuned", "task_vectors", "centered_task_vectors"] = "finetuned"
 
@@ -134,6 +139,7 @@ def load_context(
     placement: Placement,
     statistics: Any = None,
     factors: MatrixFactors | None = None,
+    task_statistics: TaskStatistics | None = None,
 ) -> TensorContext:
     """Read one floating-point key of every model into a context on the compute device.
 
@@ -151,6 +157,7 @@ def load_context(
         hparams=hparams,
         statistics=statistics,
         factors=factors,
+        task_statistics=stacked_statistics(task_statistics, key, source.num_tasks, placement.device, placement.dtype),
     )
 
 

@@ -48,7 +48,7 @@ def _format_number(value: float) -> str:
 
 @dataclass(frozen=True)
 class Real:
-    """A real number in [low, high] (or [low, high) when `high_open`)."""
+    """A real number in [low, high] (an open end where `low_open` / `high_open`)."""
 
     name: str
     default: float
@@ -56,6 +56,7 @@ class Real:
     low: float = -math.inf
     high: float = math.inf
     high_open: bool = False
+    low_open: bool = False
 
     @property
     def type_name(self) -> str:
@@ -66,12 +67,13 @@ class Real:
         if math.isinf(self.low) and math.isinf(self.high):
             return "any finite number"
         closing = ")" if self.high_open or math.isinf(self.high) else "]"
-        opening = "(" if math.isinf(self.low) else "["
+        opening = "(" if math.isinf(self.low) or self.low_open else "["
         return f"{opening}{_format_number(self.low)}, {_format_number(self.high)}{closing}"
 
     def contains(self, value: float) -> bool:
         below_high = value < self.high if self.high_open else value <= self.high
-        return self.low <= value and below_high
+        above_low = self.low < value if self.low_open else self.low <= value
+        return above_low and below_high
 
     def parse(self, raw: Any) -> float:
         value = _as_float(raw)
@@ -165,4 +167,28 @@ class RealOrPerTask:
         return values[0] if len(values) == 1 else values
 
 
-HParam = Real | Integer | Choice | RealOrPerTask
+@dataclass(frozen=True)
+class Flag:
+    """True or false (YAML booleans, or "true"/"false" on the command line)."""
+
+    name: str
+    default: bool
+    summary: str
+
+    @property
+    def type_name(self) -> str:
+        return "bool"
+
+    @property
+    def allowed(self) -> str:
+        return "true or false"
+
+    def parse(self, raw: Any) -> bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in ("true", "false"):
+            return raw.strip().lower() == "true"
+        raise HParamValueError(f"expected true or false, got {raw!r}")
+
+
+HParam = Real | Integer | Choice | RealOrPerTask | Flag

@@ -8,13 +8,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from mergeflow.io import InputError
-from mergeflow.merging.hparams import Choice, HParam, HParamValueError, Integer, Real, RealOrPerTask
+from mergeflow.merging.hparams import Choice, Flag, HParam, HParamValueError, Integer, Real, RealOrPerTask
 
 if TYPE_CHECKING:
-    from mergeflow.merging.context import Placement, TensorContext, TensorDirection
-    from mergeflow.merging.sources import TensorSource
+    from mergeflow.merging.context import TensorContext, TensorDirection
 
-Statistics = Callable[["TensorSource", Mapping[str, Any], "Placement", bool], Any]
+# (source, hparams, placement, progress), and the task statistics for a method that reads them.
+Statistics = Callable[..., Any]
+
+# What a method needs besides θ_0 and the experts; the tables group methods by it.
+Needs = Literal["nothing", "training_data", "task_at_inference"]
+NEEDS_GROUPS: dict[str, str] = {
+    "nothing": "data-free",
+    "training_data": "needs training data",
+    "task_at_inference": "needs the task at inference",
+}
 
 
 def _rule(module: str, name: str) -> Callable[..., Any]:
@@ -38,15 +46,32 @@ class MergeMethod:
     `statistics` is a whole-model pass run before the per-tensor rule (TIES thresholds);
     `factors` says which cached task factors the method's sweep reuses ("centered" τ̄_t = θ_t − θ_avg or
     "original" τ_t = θ_t − θ_0): the workflow then runs one `decompose` job for every rank of the sweep.
+    `needs` is what the method reads besides the models: "training_data" methods read `task_statistics`
+    (one cached file per fine-tuned model, from its task's training images: "grams" or "fisher"), or the
+    training images themselves at merge time when `task_statistics` is None; a "task_at_inference" method
+    builds one model per task, chosen by its `task` hyper-parameter.
     """
 
     name: str
     display: str  # in tables and figures
     summary: str
     params: tuple[HParam, ...]
-    direction: Callable[[TensorContext], TensorDirection]
+    # None for a method that merges through the models on training images (the evaluation sweep runs it)
+    direction: Callable[[TensorContext], TensorDirection] | None
     statistics: Statistics | None = None
     factors: Literal["centered", "original"] | None = None
+    needs: Needs = "nothing"
+    task_statistics: Literal["grams", "fisher"] | None = None
+
+    @property
+    def group(self) -> str:
+        """The tables' group of the method: what it assumes besides θ_0 and the experts."""
+        return NEEDS_GROUPS[self.needs]
+
+    @property
+    def reads_training_images(self) -> bool:
+        """True for a method that runs the models on training images while it merges (RegMean++)."""
+        return self.needs == "training_data" and self.task_statistics is None
 
     def param(self, key: str) -> HParam | None:
         return next((param for param in self.params if param.name == key), None)
@@ -59,6 +84,11 @@ def _lam(default: float) -> Real:
 def _rank() -> Real:
     summary = "rank ratio ρ: k = max(1, floor(ρ·min(m, n))), 0 = no low-rank term, 1 = full rank"
     return Real("rank", 0.08, summary, 0.0, 1.0)
+
+
+def _ratio() -> Real:
+    summary = "α: G' = α G + (1 − α) diag(G), shrinking each Gram's off-diagonal entries (the authors' name)"
+    return Real("reduce_non_diagonal_ratio", 0.95, summary, 0.0, 1.0)
 
 
 _BASES = ("task_arithmetic", "ties")
@@ -177,8 +207,114 @@ METHODS: dict[str, MergeMethod] = {
             ),
             _rule("wudi", "wudi"),
         ),
+        MergeMethod(
+            "regmean",
+            "RegMean",
+            "each linear layer's weight fits every expert's outputs on its own task's inputs: "
+            "(Σ_t G_t)⁻¹ Σ_t G_t W_tᵀ with G_t the expert's input Gram matrix on training images; other tensors θ_avg",
+            (_ratio(),),
+            _rule("regmean", "regmean"),
+            needs="training_data",
+            task_statistics="grams",
+        ),
+        MergeMethod(
+            "regmean_plusplus",
+            "RegMean++",
+            "RegMean block by block, each block's input Grams taken through the blocks merged so far "
+            "(the training images run through the models while merging)",
+            (_ratio(),),
+            None,
+            needs="training_data",
+        ),
+        MergeMethod(
+            "fisher",
+            "Fisher merging",
+            "per coordinate, the experts averaged with weights c_t (F_t + ε), F_t each expert's diagonal Fisher "
+            "on its task's training images (FusionBench's estimator)",
+            (
+                Real("minimal_fisher_weight", 1e-6, "ε added to every Fisher entry", 0.0),
+                Flag("normalize_fisher_weight", True, "scale c_t by 1/‖F_t‖ over the model, normalised over tasks"),
+                RealOrPerTask("fisher_scaling_coefficients", 1.0, "c_t: one number (equal, 1/T each) or one per task"),
+            ),
+            _rule("fisher", "fisher"),
+            statistics=_rule("fisher", "fisher_statistics"),
+            needs="training_data",
+            task_statistics="fisher",
+        ),
+        MergeMethod(
+            "emr",
+            "EMR",
+            "one model per task: elected unified vector τ_uni, then θ_0 + λ_t · (mask_t ⊙ τ_uni) for task t, "
+            "mask_t where τ_t agrees in sign, λ_t rescaling the mean magnitudes (the task is known at inference)",
+            (Integer("task", 0, "index of the task whose model is built (a sweep builds every task's own)"),),
+            _rule("emr", "emr"),
+            statistics=_rule("emr", "emr_statistics"),
+            needs="task_at_inference",
+        ),
     )
 }
+
+
+@dataclass(frozen=True)
+class MergeModifier:
+    """A correction applied to the result of any static merge, written `<method>+<modifier>` (`cart+svc`).
+
+    Its hyper-parameters join the method's in the same grid.
+    """
+
+    name: str
+    display: str
+    summary: str
+    params: tuple[HParam, ...]
+
+
+MODIFIER_SEPARATOR = "+"
+
+MODIFIERS: dict[str, MergeModifier] = {
+    modifier.name: modifier
+    for modifier in (
+        MergeModifier(
+            "svc",
+            "SVC",
+            "singular value calibration (arXiv 2602.05536): every 2-D tensor's merged update θ − θ_0 keeps its "
+            "singular vectors, and each singular value is scaled by γ_r = T / Σ_t max(α, s_r^t), s_r^t how much "
+            "the merge over-counts task t along the r-th direction",
+            (
+                Real(
+                    "alpha",
+                    0.1,
+                    "calibration strength α: the floor of each task's projection coefficient",
+                    0.0,
+                    low_open=True,
+                ),
+            ),  # fmt: skip
+        ),
+    )
+}
+
+
+def modifiable(method: MergeMethod) -> bool:
+    """Whether a modifier applies: a merge that changes θ_0 and gives one model for all tasks."""
+    return method.name != "zeroshot" and method.needs != "task_at_inference" and not method.reads_training_images
+
+
+def merge_spec(name: str) -> tuple[MergeMethod, tuple[MergeModifier, ...]]:
+    """The method and modifiers of `name` (`cart`, `cart+svc`); InputError naming what is valid otherwise."""
+    method_name, *modifier_names = name.split(MODIFIER_SEPARATOR)
+    method = METHODS.get(method_name)
+    if method is None:
+        raise InputError(f"unknown merge method {method_name!r}; valid methods: {', '.join(METHODS)}")
+    modifiers = []
+    for modifier_name in modifier_names:
+        modifier = MODIFIERS.get(modifier_name)
+        if modifier is None:
+            raise InputError(f"{name}: unknown modifier {modifier_name!r}; valid modifiers: {', '.join(MODIFIERS)}")
+        if not modifiable(method):
+            raise InputError(f"{name}: {method_name} cannot take a modifier (it gives no single merged model)")
+        modifiers.append(modifier)
+    if len(set(modifier_names)) != len(modifier_names):
+        raise InputError(f"{name}: a modifier is named twice")
+    return method, tuple(modifiers)
 
 
 def get_method(name: str) -> MergeMethod:
@@ -190,17 +326,20 @@ def get_method(name: str) -> MergeMethod:
 
 
 def resolve_hparams(name: str, raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Every hyper-parameter of method `name`, typed and checked, defaults filled in, in declaration order.
+    """Every hyper-parameter of `name` (a method, or a method with modifiers: `cart+svc`), typed and checked,
+    defaults filled in, the method's in declaration order and then each modifier's.
 
     Values may be strings from the command line ("0.3", "mean", "0.4,0.5") or typed values from YAML.
     """
-    method = get_method(name)
-    unknown = [key for key in raw if method.param(key) is None]
+    method, modifiers = merge_spec(name)
+    params = [*method.params, *(param for modifier in modifiers for param in modifier.params)]
+    known = {param.name for param in params}
+    unknown = [key for key in raw if key not in known]
     if unknown:
-        accepted = ", ".join(param.name for param in method.params) or "none"
+        accepted = ", ".join(param.name for param in params) or "none"
         raise InputError(f"{name}: unknown hyper-parameter {unknown[0]!r}; {name} accepts: {accepted}")
     resolved: dict[str, Any] = {}
-    for param in method.params:
+    for param in params:
         if param.name not in raw:
             resolved[param.name] = param.default
             continue

@@ -152,7 +152,8 @@ class InMemorySource:
         return self._finetuned[task][key]
 
 
-def _open_safetensors(stack: contextlib.ExitStack, path: Path) -> Any:
+def open_safetensors(stack: contextlib.ExitStack, path: Path) -> Any:
+    """A lazily read safetensors handle that closes with `stack`; InputError naming `path` when unreadable."""
     if not path.is_file():
         raise InputError(f"{path}: file not found (expected a safetensors state dict)")
     try:
@@ -213,5 +214,5 @@ def open_file_source(
     """Open every file for lazy reading; the handles close when the block ends."""
     paths = [Path(pretrained), *(Path(path) for path in finetuned)]
     with contextlib.ExitStack() as stack:
-        handles = [_open_safetensors(stack, path) for path in paths]
+        handles = [open_safetensors(stack, path) for path in paths]
         yield FileSource(handles, paths[0], paths[1:])

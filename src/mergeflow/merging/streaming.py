@@ -6,6 +6,7 @@ methods read the inputs a few more times for their whole-model statistics instea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -16,8 +17,9 @@ from typing import Any
 from mergeflow.io import checked_finite, save_state_dict
 from mergeflow.merging.context import combine
 from mergeflow.merging.engine import lam_of, tensor_merges
-from mergeflow.merging.registry import get_method, resolve_hparams
+from mergeflow.merging.registry import merge_spec, resolve_hparams
 from mergeflow.merging.sources import open_file_source
+from mergeflow.merging.task_statistics import open_task_statistics
 from mergeflow.types import StateDict
 
 
@@ -46,18 +48,27 @@ def merge_files(
     *,
     device: str = "cpu",
     progress: bool = False,
+    task_statistics: Sequence[str | os.PathLike[str]] = (),
 ) -> MergeSummary:
-    """Merge safetensors state dicts with method `name` and write the result to `output` atomically.
+    """Merge safetensors state dicts with `name` (a method, or with modifiers: `cart+svc`) and write the result to
+    `output` atomically.
 
     Equal, bit for bit, to `merge_state_dicts` on the same tensors. `progress` shows a bar per pass on stderr.
+    `task_statistics`: one statistics file per fine-tuned model, for a method that reads them (regmean, fisher).
     """
-    method = get_method(name)
+    method, modifiers = merge_spec(name)
     resolved = resolve_hparams(name, hparams)
     lam = lam_of(resolved)
     merged: StateDict = {}
     touched = 0
-    with open_file_source(pretrained, finetuned) as source:
-        for merge in tensor_merges(method, resolved, source, factors=None, device=device, progress=progress):
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(open_file_source(pretrained, finetuned))
+        statistics = stack.enter_context(open_task_statistics(task_statistics)) if task_statistics else None
+        merges = tensor_merges(
+            method, resolved, source, factors=None, device=device, progress=progress, modifiers=modifiers,
+            task_statistics=statistics,
+        )  # fmt: skip
+        for merge in merges:
             # Each merged tensor goes to host memory at once so that device memory stays bounded too.
             tensor = combine(merge.origin, merge.delta, lam, merge.dtype).to("cpu")
             # The inputs were finite, so a NaN or Inf here is the merge overflowing its dtype.

@@ -23,8 +23,8 @@ from mergeflow.adaptive.settings import SETTINGS_CLASSES, is_adaptive, non_defau
 from mergeflow.evaluation.correctness import INDIVIDUAL_ROW, ZERO_SHOT_ROW, PerImageCorrectness
 from mergeflow.evaluation.results import PathLike, source_of
 from mergeflow.io import InputError, atomic_path, write_text
-from mergeflow.merging.entries import VARIANT_SEPARATOR
-from mergeflow.merging.registry import METHODS
+from mergeflow.merging.entries import VARIANT_SEPARATOR, base_method, entry_modifiers
+from mergeflow.merging.registry import METHODS, MODIFIERS, NEEDS_GROUPS
 from mergeflow.report.bootstrap import (
     CONFIDENCE,
     DEFAULT_RESAMPLES,
@@ -58,6 +58,8 @@ CART_DIFFERENCE_COLUMNS = (
     f"{CART_DIFFERENCE_COLUMN}{CI_HIGH_SUFFIX}",
 )
 CART_DIFFERENCE_HEADER = "vs CART"
+# What a row's method assumes besides θ_0 and the experts (`group_of`); the reference rows have none.
+GROUP_COLUMN = "group"
 # main_table's frame.attrs entry: (resamples, seed) of its intervals, for the notes under the rendered tables.
 BOOTSTRAP_ATTR = "bootstrap"
 # frame.attrs entries set by `mark_approximate_val`: the marked task columns, and the note explaining the mark.
@@ -97,10 +99,41 @@ def method_display_name(name: str) -> str:
 
 
 def display_name(method: str) -> str:
-    """The name a reader sees for a method entry (`cart`, or a variant `cart@released`); unknown names stay."""
-    name, _, variant = method.partition(VARIANT_SEPARATOR)
-    shown = method_display_name(name)
+    """The name a reader sees for a method entry (`cart`, a variant `cart@released`, a modified merge `cart+svc`:
+    "CART + SVC"); unknown names stay."""
+    _, _, variant = method.partition(VARIANT_SEPARATOR)
+    shown = " + ".join(
+        [method_display_name(base_method(method)), *(MODIFIERS[name].display if name in MODIFIERS else name
+                                                      for name in entry_modifiers(method))]
+    )  # fmt: skip
     return f"{shown} ({variant})" if variant else shown
+
+
+ADAPTATION_GROUP = "test-time adaptation"
+# The groups in table order, each with what its rows assume, for the captions.
+GROUP_NOTES: dict[str, str] = {
+    NEEDS_GROUPS["nothing"]: "data-free rows merge from θ_0 and the experts' weights alone.",
+    NEEDS_GROUPS["training_data"]: (
+        "rows that need training data also read each expert's own task's training images (a seeded sample per "
+        "task: Gram matrices of layer inputs, diagonal Fisher, or the images themselves)."
+    ),
+    NEEDS_GROUPS["task_at_inference"]: (
+        "rows that need the task at inference keep one model per task (EMR: a mask and a rescaler each) and "
+        "classify every test image with its own task's model: an upper reference, not one merged model."
+    ),
+    ADAPTATION_GROUP: (
+        "test-time adaptation rows learn their coefficients from each task's unlabeled test images (the papers' "
+        "transductive protocol); labels are never read during adaptation, only afterwards to measure accuracy."
+    ),
+}
+
+
+def group_of(method: str) -> str:
+    """A method entry's group: what it needs besides θ_0 and the experts (a GROUP_NOTES key)."""
+    if is_adaptive(method):
+        return ADAPTATION_GROUP
+    registered = METHODS.get(base_method(method))
+    return registered.group if registered is not None else NEEDS_GROUPS["nothing"]
 
 
 def main_table(
@@ -126,9 +159,10 @@ def main_table(
     (average − CART's average, same metric) with the bounds of its paired bootstrap interval; the
     intervals need `correctness` (every row's per-image test correctness, rows named as the method
     entries and `zeroshot` / `individual`) and are empty without it, the CART columns are empty when no
-    method is `cart`. `resamples` and `seed`: see `mergeflow.report.bootstrap`. Methods appear in the
-    order of their first row in `results`, the test-time adaptive ones
-    (`mergeflow.adaptive.settings.ADAPTIVE_METHODS`) after all others.
+    method is `cart`. `resamples` and `seed`: see `mergeflow.report.bootstrap`. Last, `group`: what the
+    row's method needs (`group_of`; empty for the reference rows). Methods appear by group in GROUP_NOTES order
+    (data-free, needs training data, needs the task at inference, test-time adaptation), within a group in the
+    order of their first row in `results`.
     """
     task_list = _checked_tasks(tasks)
     numbers = published or {}
@@ -144,8 +178,10 @@ def main_table(
         _table_row("normalized_accuracy", INDIVIDUAL_ROW, "", individual / individual, None),
     ]
     methods = list(pd.unique(results["method"]))
-    # The test-time adaptive methods form a group of their own, after every static merge.
-    for method in [m for m in methods if not is_adaptive(m)] + [m for m in methods if is_adaptive(m)]:
+    order = list(GROUP_NOTES)
+    groups = ["", ""]
+    for method in sorted(methods, key=lambda m: order.index(group_of(m))):
+        groups.append(group_of(method))
         setting, accuracy, normalized = _best_test_accuracies(results, method, task_list, individual)
         if is_adaptive(method):
             setting = json.dumps(non_default_settings(method, json.loads(setting)))
@@ -167,7 +203,11 @@ def main_table(
         for index, row in enumerate(rows):
             row += _interval_cells(intervals, index, len(task_list))
             row += _difference_cells(intervals, index, averages, baseline)
-    columns = [*LEADING_COLUMNS, *task_list, *TRAILING_COLUMNS, *interval_columns(task_list), *CART_DIFFERENCE_COLUMNS]
+    for rows in (accuracy_rows, normalized_rows):
+        for row, group in zip(rows, groups, strict=True):
+            row.append(group)
+    columns = [*LEADING_COLUMNS, *task_list, *TRAILING_COLUMNS, *interval_columns(task_list), *CART_DIFFERENCE_COLUMNS,
+               GROUP_COLUMN]  # fmt: skip
     table = pd.DataFrame(accuracy_rows + normalized_rows, columns=columns)
     if correctness is not None:
         table.attrs[BOOTSTRAP_ATTR] = (resamples, seed)
@@ -298,7 +338,7 @@ def _table_row(
 
 def _is_reserved(column: str) -> bool:
     """A column of the table that is not a task: leading, trailing, CART difference or an interval bound."""
-    fixed = (*LEADING_COLUMNS, *TRAILING_COLUMNS, *CART_DIFFERENCE_COLUMNS)
+    fixed = (*LEADING_COLUMNS, *TRAILING_COLUMNS, *CART_DIFFERENCE_COLUMNS, GROUP_COLUMN)
     return column in fixed or column.endswith((CI_LOW_SUFFIX, CI_HIGH_SUFFIX))
 
 
@@ -371,13 +411,16 @@ def _has_cart_difference(table: pd.DataFrame, metric: str) -> bool:
     return CART_DIFFERENCE_COLUMN in table.columns and bool(rows[CART_DIFFERENCE_COLUMN].notna().any())
 
 
-def _rendered_rows(table: pd.DataFrame, metric: str) -> list[list[str]]:
-    """Method, task accuracies, average [interval], [vs CART,] [published, difference,] hyper-parameters."""
+def _rendered_rows(table: pd.DataFrame, metric: str) -> list[tuple[str, list[str]]]:
+    """Per row its group ("" for the reference rows) and its cells: method, task accuracies, average [interval],
+    [vs CART,] [published, difference,] hyper-parameters."""
     rows = table[table["metric"] == metric]
     tasks = task_columns(table)
     with_cart = _has_cart_difference(table, metric)
     rendered = []
     for _, row in rows.iterrows():
+        group = row.get(GROUP_COLUMN, "")
+        group = "" if pd.isna(group) else str(group)
         cells = [row["method"], *(_one_decimal(row[column]) for column in tasks)]
         cells.append(_with_interval(row[AVERAGE_COLUMN], _bounds(row, AVERAGE_COLUMN), _one_decimal))
         if with_cart:
@@ -389,7 +432,7 @@ def _rendered_rows(table: pd.DataFrame, metric: str) -> list[list[str]]:
                 _optional(row[PUBLISHED_COLUMN], _one_decimal),
                 _optional(row[DIFFERENCE_COLUMN], _signed_one_decimal),
             ]
-        rendered.append([*cells, format_setting(row["setting"])])
+        rendered.append((group, [*cells, format_setting(row["setting"])]))
     return rendered
 
 
@@ -399,20 +442,12 @@ def published_sources(table: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(source for source in sources if source))
 
 
-ADAPTATION_GROUP = "test-time adaptation"
-ADAPTATION_NOTE = (
-    "Test-time adaptation rows learn their coefficients from each task's unlabeled test images (the papers' "
-    "transductive protocol); labels are never read during adaptation, only afterwards to measure accuracy."
-)
-
-
-def _is_adaptive_row(display: str) -> bool:
-    shown = {cls.display for cls in SETTINGS_CLASSES.values()}
-    return display.split(" (", 1)[0] in shown
-
-
-def _adaptation_note(table: pd.DataFrame) -> str:
-    return ADAPTATION_NOTE if table["method"].map(_is_adaptive_row).any() else ""
+def _groups_note(table: pd.DataFrame) -> str:
+    """What each group of rows in the table assumes, in table order."""
+    if GROUP_COLUMN not in table.columns:
+        return ""
+    present = [group for group in GROUP_NOTES if (table[GROUP_COLUMN] == group).any()]
+    return " ".join(f"*{group}*: {GROUP_NOTES[group]}" for group in present)
 
 
 def _bootstrap_note(table: pd.DataFrame) -> str:
@@ -450,11 +485,11 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
     header = ["method", *_task_headers(table), AVERAGE_COLUMN, *cart, *published, SETTING_HEADER]
     alignment = [":---", *("---:" for _ in header[1:-1]), ":---"]
     lines = [_markdown_line(header), _markdown_line(alignment)]
-    grouped = False
-    for row in _rendered_rows(table, metric):
-        if not grouped and _is_adaptive_row(row[0]):
-            lines.append(_markdown_line([f"*{ADAPTATION_GROUP}*", *("" for _ in header[1:])]))
-            grouped = True
+    current = ""
+    for group, row in _rendered_rows(table, metric):
+        if group and group != current:
+            lines.append(_markdown_line([f"*{group}*", *("" for _ in header[1:])]))
+        current = group
         lines.append(_markdown_line(row))
     return "\n".join(lines) + "\n"
 
@@ -466,7 +501,7 @@ def _markdown_line(cells: Sequence[str]) -> str:
 def markdown_document(table: pd.DataFrame, title: str | None = None, notes: Sequence[str] = ()) -> str:
     """`notes` (e.g. `published.experts_notes`) follow the sources note under the absolute-accuracy table."""
     sections = [f"# {title}\n"] if title else []
-    adaptation = _adaptation_note(table)
+    groups = _groups_note(table)
     bootstrap = _bootstrap_note(table)
     approximate = _approximate_val_note(table)
     for metric, heading in METRIC_TITLES.items():
@@ -474,7 +509,7 @@ def markdown_document(table: pd.DataFrame, title: str | None = None, notes: Sequ
         note = f"\n{bootstrap}\n" if bootstrap else ""
         note += f"\n{approximate}\n" if approximate else ""
         note += "".join(f"\n{line}\n" for line in lines)
-        note += f"\n{adaptation}\n" if adaptation else ""
+        note += f"\n{groups}\n" if groups else ""
         sections.append(f"## {heading}\n\n{markdown_table(table, metric)}{note}")
     return "\n".join(sections)
 
@@ -497,11 +532,13 @@ def latex_tabular(table: pd.DataFrame, metric: str) -> str:
         " & ".join(header) + r" \\",
         r"\midrule",
     ]
-    grouped = False
-    for row in _rendered_rows(table, metric):
-        if not grouped and _is_adaptive_row(row[0]):
-            lines += [r"\midrule", rf"\multicolumn{{{len(header)}}}{{l}}{{\emph{{{ADAPTATION_GROUP}}}}} \\"]
-            grouped = True
+    current = ""
+    for group, row in _rendered_rows(table, metric):
+        if group and group != current:
+            lines += [rf"\multicolumn{{{len(header)}}}{{l}}{{\emph{{{latex_escape(group)}}}}} \\"]
+            if current:
+                lines.insert(len(lines) - 1, r"\midrule")
+        current = group
         lines.append(" & ".join(latex_escape(cell) for cell in row) + r" \\")
         if row[0] == INDIVIDUAL_ROW:
             lines.append(r"\midrule")
@@ -515,7 +552,7 @@ def latex_document(table: pd.DataFrame, title: str | None = None, notes: Sequenc
     preamble += [r"% Requires \usepackage{booktabs}.", f"% {_sources_note(table)}", *(f"% {line}" for line in notes)]
     preamble += [f"% {_bootstrap_note(table)}"] if _bootstrap_note(table) else []
     preamble += [f"% {_approximate_val_note(table)}"] if _approximate_val_note(table) else []
-    preamble += [f"% {_adaptation_note(table)}"] if _adaptation_note(table) else []
+    preamble += [f"% {_groups_note(table)}"] if _groups_note(table) else []
     return "\n".join(preamble) + "\n\n" + "\n".join(latex_tabular(table, metric) for metric in METRIC_TITLES)
 
 
