@@ -582,3 +582,17 @@ def test_adaptive_methods_form_their_own_group_with_the_no_labels_note(inputs: d
     plain = write_main_table(main_table(load_reference(inputs["reference"]), load_method_results(paths), TASKS),
                              tmp_path / "plain")[1].read_text()  # fmt: skip
     assert "test-time adaptation" not in plain and "labels are never read" not in plain
+
+
+def test_the_newer_methods_are_reference_lines_of_the_rank_sweep(inputs: dict[str, Path], tmp_path: Path) -> None:
+    from mergeflow.report.figures import reference_lines
+
+    reference, results = load_reference(inputs["reference"]), load_method_results(method_paths(inputs))
+    emr = results[results["method"] == "task_arithmetic"].assign(method="emr")
+    wudi = results[results["method"] == "weight_averaging"].assign(method="wudi")
+    with_newer = pd.concat([results, emr, wudi], ignore_index=True)
+    lines = {line.label: line for line in reference_lines(reference, with_newer, TASKS)}
+    assert lines["EMR"].average_accuracy == lines["task arithmetic"].average_accuracy and lines["EMR"].style == "emr"
+    assert lines["WUDI"].average_accuracy == lines["weight averaging"].average_accuracy
+    assert "WUDI" not in {line.label for line in reference_lines(reference, results, TASKS)}
+    assert all(path.stat().st_size > 0 for path in plot_rank_sweep(reference, with_newer, tmp_path / "rank_sweep"))

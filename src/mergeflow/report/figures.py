@@ -15,7 +15,8 @@ from matplotlib.ticker import NullLocator
 
 from mergeflow.evaluation.results import PathLike, source_of
 from mergeflow.io import InputError
-from mergeflow.report.style import GREY, KIND_STYLES, OKABE_ITO, figure_style, heading, save_figure
+from mergeflow.merging.registry import METHODS
+from mergeflow.report.style import GREY, KIND_STYLES, LIGHT_GREY, OKABE_ITO, figure_style, heading, save_figure
 
 SWEEP_METHOD_LABELS = {
     "cart": "centered task vectors (CART)",
@@ -34,6 +35,15 @@ _REFERENCE_STYLES = {
     "weight averaging": {"color": OKABE_ITO["bluish_green"], "linestyle": (0, (4, 1.5, 1, 1.5)), "linewidth": 1.2},
     "zero-shot": {"color": GREY, "linestyle": (0, (1, 2)), "linewidth": 1.2},
 }
+# The methods since CART that are no rank sweep, each a reference line of its own when the run has it: thin, so
+# that the two curves stay in front. (The calibrated merges are their base merges at one setting, left out.)
+_NEWER_REFERENCES = {
+    "wudi": {"color": OKABE_ITO["yellow"], "linestyle": (0, (2, 1)), "linewidth": 0.9},
+    "regmean": {"color": OKABE_ITO["sky_blue"], "linestyle": (0, (6, 2, 1, 2)), "linewidth": 0.9},
+    "regmean_plusplus": {"color": OKABE_ITO["orange"], "linestyle": (0, (6, 2)), "linewidth": 0.9},
+    "fisher": {"color": LIGHT_GREY, "linestyle": (0, (3, 1, 1, 1, 1, 1)), "linewidth": 0.9},
+    "emr": {"color": OKABE_ITO["black"], "linestyle": (0, (1, 1)), "linewidth": 0.9},
+}
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class SweepCurve:
 class ReferenceLine:
     label: str
     average_accuracy: float  # percent
+    style: str = ""  # a _NEWER_REFERENCES key; empty: the label's own style
 
 
 def plot_rank_sweep(
@@ -100,7 +111,8 @@ def _sweep_curve(results: pd.DataFrame, method: str, tasks: Sequence[str]) -> Sw
 
 
 def reference_lines(reference: pd.DataFrame, results: pd.DataFrame, tasks: Sequence[str]) -> list[ReferenceLine]:
-    """Individual, weight averaging, task arithmetic (if present) and zero-shot, highest first."""
+    """Individual, weight averaging, task arithmetic and the newer methods (those present) and zero-shot, highest
+    first."""
     if not (results["method"] == "weight_averaging").any():
         raise InputError("no results for weight_averaging; expected them for the figure's reference line")
     test = reference[reference["split"] == "test"].set_index("task")
@@ -115,6 +127,10 @@ def reference_lines(reference: pd.DataFrame, results: pd.DataFrame, tasks: Seque
     for method, label in (("task_arithmetic", "task arithmetic"), ("weight_averaging", "weight averaging")):
         if (results["method"] == method).any():
             lines.append(ReferenceLine(label, _best_average_percent(results, method, tasks)))
+    for method in _NEWER_REFERENCES:
+        if (results["method"] == method).any():
+            accuracy = _best_average_percent(results, method, tasks)
+            lines.append(ReferenceLine(METHODS[method].display, accuracy, style=method))
     # Highest first, so the legend lists them in the order they appear on the plot.
     return sorted(lines, key=lambda line: -line.average_accuracy)
 
@@ -149,7 +165,7 @@ def _draw(curves: Sequence[SweepCurve], lines: Sequence[ReferenceLine], title: s
         axes.axhline(
             line.average_accuracy,
             label=f"{line.label} ({line.average_accuracy:.1f})",
-            **_REFERENCE_STYLES[line.label],
+            **(_NEWER_REFERENCES[line.style] if line.style else _REFERENCE_STYLES[line.label]),
         )
         for line in lines
     ]
