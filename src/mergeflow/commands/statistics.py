@@ -35,6 +35,7 @@ def cmd_task_statistics(args: argparse.Namespace) -> int:
     from mergeflow.commands.inputs import job_device
     from mergeflow.data import check_head_fits
     from mergeflow.io import save_state_dict
+    from mergeflow.merging.task_statistics import STATISTICS_KIND_METADATA
     from mergeflow.models.clip import load_image_encoder, load_spec
     from mergeflow.models.heads import load_head
     from mergeflow.statistics.images import image_batches, training_sample
@@ -55,7 +56,7 @@ def cmd_task_statistics(args: argparse.Namespace) -> int:
         head, logit_scale = load_head(args.head)
         check_head_fits(head, args.head, args.data)
         statistics = diagonal_fisher(visual, head.to(device), logit_scale.to(device), batches, len(images))
-    metadata = {"mergeflow.statistics": args.kind, "images": str(len(images)), "seed": str(args.seed),
+    metadata = {STATISTICS_KIND_METADATA: args.kind, "images": str(len(images)), "seed": str(args.seed),
                 "finetuned": str(args.finetuned)}  # fmt: skip
     save_state_dict(args.out, {key: tensor.cpu() for key, tensor in statistics.items()}, metadata)
     log.info("%s of %s on %d training images of %s → %s (%d keys)", args.kind, args.finetuned, len(images), args.data,

@@ -18,6 +18,7 @@ import torch
 from mergeflow.io import InputError, checked_finite
 from mergeflow.merging.sources import open_safetensors
 
+# The header key of a statistics file that names its kind (grams, fisher).
 STATISTICS_KIND_METADATA = "mergeflow.statistics"
 
 

@@ -36,7 +36,6 @@ import torch
 from torch import Tensor
 
 NUM_FISHER_EXAMPLES = 256
-BATCH_SIZE = 32
 
 
 def clip_logits(features: Tensor, head: Tensor, logit_scale: Tensor) -> Tensor:

@@ -38,7 +38,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 NUM_REGMEAN_EXAMPLES = 256
-BATCH_SIZE = 32
 
 
 class GramAccumulator:
