@@ -16,6 +16,7 @@ from mergeflow.adaptive import (
     AdaRankSettings,
     UnlabeledTask,
     adapt,
+    learned_movement,
     load_learned_merge,
     merge_from_learned,
     save_learned_merge,
@@ -124,6 +125,26 @@ def test_adamerging_coefficients_stay_clamped_to_the_unit_interval(setup) -> Non
     assert coefficients.min() >= 0.0 and coefficients.max() <= 1.0
     # The rate is large enough that the projection is active, not merely unneeded.
     assert bool((coefficients == 0.0).any() or (coefficients == 1.0).any())
+
+
+@pytest.mark.parametrize("method", sorted(TRAINED))
+def test_movement_measures_how_far_adaptation_went_from_its_start(setup, method: str, tmp_path: Path) -> None:
+    still = run(setup, dataclasses.replace(TRAINED[method], steps=0)).movement()
+    assert (still.max_coefficient_change, still.flipped_components) == (0.0, 0)
+    result = run(setup, TRAINED[method])
+    moved = result.movement()
+    initial = run(setup, dataclasses.replace(TRAINED[method], steps=0)).learned
+    assert moved.max_coefficient_change == float((result.learned.coefficients - initial.coefficients).abs().max())
+    assert moved.max_coefficient_change > 0.0
+    flipped = sum(int((mask != initial.masks[key]).sum()) for key, mask in result.learned.masks.items())
+    assert moved.flipped_components == flipped
+    assert (flipped > 0) == (method == "adarank")
+    assert moved.masked_components == (0 if method != "adarank" else NUM_TASKS * 32 * len(result.learned.masks))
+    save_learned_merge(tmp_path / "learned.safetensors", result.learned, moved.as_json())
+    assert learned_movement(tmp_path / "learned.safetensors") == moved.as_json()
+    save_learned_merge(tmp_path / "bare.safetensors", result.learned)
+    with pytest.raises(InputError, match="bare.safetensors: no 'movement' metadata"):
+        learned_movement(tmp_path / "bare.safetensors")
 
 
 def test_adarank_masks_are_boolean_and_move_from_the_initial_rank(setup) -> None:

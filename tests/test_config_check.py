@@ -15,7 +15,9 @@ from mergeflow.dag.config_check import ConfigError, check_config
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+# The default config with the tiny suites' test-time adaptive methods added, as the seed benchmark runs it.
 DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+DEFAULT["methods"].update(yaml.safe_load((REPO / "config" / "tiny" / "adaptive.yaml").read_text())["methods"])
 SHIPPED = sorted([*REPO.glob("config/*.yaml"), *REPO.glob("config/paper/*.yaml")])
 
 
@@ -125,6 +127,14 @@ BAD = {
     "shipped outside the repository": (
         lambda c: c["model"].update(shipped="/etc"),
         ["model.shipped: '/etc' must be a folder inside the repository"],
+    ),
+    "multi-task encoder without a recipe": (
+        lambda c: (c.pop("finetune"), c.update(finetuned={"source": "local", "directory": "experts"}, multitask=True)),
+        ["(top level): 'finetune' is required here (because multitask is True)"],
+    ),
+    "multi-task switch that is no boolean": (
+        lambda c: c.update(multitask="yes"),
+        ["multitask: expected boolean, got 'yes' (str)"],
     ),
     "shipped encoders outside the repository": (
         lambda c: c["finetune"].update(shipped="../../elsewhere"),

@@ -39,6 +39,8 @@ REDUCTIONS = {
     "data": {"train_size": 400, "test_size": 150},
     "pretrain": {"tasks": TASKS, "images_per_task": 300, "steps": 40, "batch_size": 64, "warmup_steps": 4},
     "finetune": {"steps": 60, "batch_size": 32, "warmup_steps": 5},
+    # One more encoder fine-tuned on the three tasks at once: the tables' multi-task row.
+    "multitask": True,
     "evaluation": {"batch_size": 256},
     "task_statistics": {"images": 40, "batch_size": 16},
     "methods": {
@@ -69,8 +71,8 @@ REDUCED_CONFIG = deep_update(yaml.safe_load((REPO / "config" / "config.yaml").re
 # As on a 2-GPU workstation: two GPU jobs at a time, each leasing one of the devices "0" and "1" (this machine
 # has no GPU, so the jobs then run on the CPU, but the leases are real).
 GPU_DEVICES = ("0", "1")
-GPU_RULES = ("pretrain", "build_head", "finetune", "task_statistics", "evaluate_reference", "decompose", "merge_eval",
-             "adapt_eval")  # fmt: skip
+GPU_RULES = ("pretrain", "build_head", "finetune", "finetune_multitask", "task_statistics", "evaluate_reference",
+             "decompose", "merge_eval", "adapt_eval")  # fmt: skip
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -118,6 +120,7 @@ def test_every_artefact_exists(finished_run: Path) -> None:
     expected += [suite(finished_run) / "eval" / f"{m}.{kind}" for m in REDUCED_CONFIG["methods"]
                  for kind in ("csv", "correct.safetensors")]  # fmt: skip
     expected += [suite(finished_run) / "eval" / "reference.correct.safetensors"]
+    expected += [results / "finetuned/mini-clip/multitask/mini3.safetensors"]
     expected += [results / "svd/mini-clip/mini3" / f"{kind}.safetensors" for kind in ("centered", "original")]
     expected += [suite(finished_run) / "tables" / name for name in ("main.csv", "main.md", "main.tex", "spectrum.csv")]
     figures = ("rank_sweep", "per_task", "cart_lambda_rank", "spectrum_energy", "spectrum_error_interference",
@@ -128,10 +131,10 @@ def test_every_artefact_exists(finished_run: Path) -> None:
     leftovers = [str(p) for p in results.rglob("*.tmp")]
     assert leftovers == []
     logs = list((results / "logs").rglob("*.log"))
-    # pretrain; prepare_data, build_head, finetune and two task_statistics per task; evaluate_reference;
-    # decompose x 2; merge_eval or adapt_eval per method; aggregate, lambda_rank (cart), spectrum; the adaptive
-    # method's coefficient figure.
-    assert len(logs) == 1 + 5 * len(TASKS) + 1 + 2 + len(REDUCED_CONFIG["methods"]) + 3 + 1
+    # pretrain; prepare_data, build_head, finetune and two task_statistics per task; finetune_multitask;
+    # evaluate_reference; decompose x 2; merge_eval or adapt_eval per method; aggregate, lambda_rank (cart),
+    # spectrum; the adaptive method's coefficient figure.
+    assert len(logs) == 1 + 5 * len(TASKS) + 1 + 1 + 2 + len(REDUCED_CONFIG["methods"]) + 3 + 1
 
 
 def test_finetuning_beats_zero_shot_on_every_task(finished_run: Path) -> None:
@@ -140,6 +143,34 @@ def test_finetuning_beats_zero_shot_on_every_task(finished_run: Path) -> None:
     assert sorted(test.index) == sorted(TASKS)
     for task in TASKS:
         assert test.loc[task, "individual"] > test.loc[task, "zeroshot"], task
+
+
+def test_the_multitask_encoder_is_a_reference_row_with_its_per_image_correctness(finished_run: Path) -> None:
+    from mergeflow.evaluation.correctness import load_correctness
+
+    log = (finished_run / "results/logs/finetune_multitask/mini-clip/mini3.log").read_text()
+    # 3 tasks × finetune.steps optimizer steps, no shipped encoder for this benchmark (the default's folder is kept)
+    assert "over 180 steps" in log and "ships no encoder for 'mini3'" in log
+    reference = pd.read_csv(suite(finished_run) / "eval" / "reference.csv")
+    assert list(reference.columns) == ["task", "split", "zeroshot", "individual", "multitask"]
+    test = reference[reference["split"] == "test"].set_index("task")
+    assert test["multitask"].mean() > test["zeroshot"].mean()
+    correct = load_correctness(suite(finished_run) / "eval" / "reference.correct.safetensors")
+    assert sorted(correct) == ["individual", "multi-task", "zero-shot"]
+    assert {task: correct["multi-task"][task].mean() for task in TASKS} == pytest.approx(
+        test["multitask"].to_dict(), abs=1e-12
+    )
+    table = pd.read_csv(suite(finished_run) / "tables" / "main.csv")
+    absolute = table[table["metric"] == "accuracy"]
+    assert list(absolute["method"])[:3] == ["zero-shot", "individual", "multi-task"]
+    assert absolute["group"].fillna("").tolist()[:4] == ["", "", "", "data-free"]
+    multitask = absolute.set_index("method").loc["multi-task"]
+    assert multitask["average"] == pytest.approx(100 * test["multitask"].mean())
+    assert multitask["average_ci_low"] <= multitask["average"] <= multitask["average_ci_high"]
+    normalized = table[table["metric"] == "normalized_accuracy"].set_index("method")
+    assert normalized.loc["multi-task", "multitask_normalized"] == pytest.approx(100.0)
+    assert normalized["multitask_normalized"].notna().all() and absolute["multitask_normalized"].isna().all()
+    assert "| normalized to multi-task |" in (suite(finished_run) / "tables" / "main.md").read_text()
 
 
 def test_cart_at_rank_zero_and_full_equals_weight_averaging(finished_run: Path) -> None:
@@ -200,7 +231,7 @@ def _lease_span(log: Path) -> tuple[str, datetime, datetime]:
 
 def test_gpu_jobs_lease_distinct_devices(finished_run: Path) -> None:
     spans = [_lease_span(log) for rule in GPU_RULES for log in (finished_run / "results/logs" / rule).rglob("*.log")]
-    assert len(spans) == 1 + 4 * len(TASKS) + 1 + 2 + len(REDUCED_CONFIG["methods"])
+    assert len(spans) == 1 + 4 * len(TASKS) + 1 + 1 + 2 + len(REDUCED_CONFIG["methods"])
     assert {device for device, _, _ in spans} == set(GPU_DEVICES)
     for device in GPU_DEVICES:
         held = sorted((start, end) for d, start, end in spans if d == device)
@@ -210,7 +241,7 @@ def test_gpu_jobs_lease_distinct_devices(finished_run: Path) -> None:
 
 
 def test_the_adaptive_job_starts_from_carts_selection_and_reports_in_its_own_group(finished_run: Path) -> None:
-    from mergeflow.adaptive import load_learned_merge
+    from mergeflow.adaptive import learned_movement, load_learned_merge
 
     eval_dir = suite(finished_run) / "eval"
     cart = pd.read_csv(eval_dir / "cart.csv")
@@ -220,6 +251,9 @@ def test_the_adaptive_job_starts_from_carts_selection_and_reports_in_its_own_gro
     learned = load_learned_merge(eval_dir / "adamerging_cart.learned.safetensors")
     assert (learned.settings.rank, learned.settings.lam, learned.settings.steps) == (chosen["rank"], chosen["lam"], 3)
     assert learned.coefficients.shape[0] == len(TASKS) and not learned.coefficients.eq(chosen["lam"]).all()
+    moved = learned_movement(eval_dir / "adamerging_cart.learned.safetensors")
+    change = float((learned.coefficients - chosen["lam"]).abs().max())
+    assert moved == {"max_coefficient_change": pytest.approx(change), "flipped_components": 0, "masked_components": 0}
     curve = pd.read_csv(eval_dir / "adamerging_cart.entropy.csv")
     assert list(curve.columns) == ["step", *TASKS, "total"] and list(curve["step"]) == [0, 1, 2]
     assert curve["total"].to_numpy() == pytest.approx(curve[TASKS].sum(axis=1).to_numpy())

@@ -26,7 +26,7 @@ from mergeflow.io import InputError, load_state_dict
 from mergeflow.models.clip import build_clip, load_image_encoder, load_spec, save_model_dir, tiny_clip_spec
 
 RULES = ["pretrain", "fetch_pretrained", "build_head", "prepare_data", "fetch_finetuned", "finetune",
-         "evaluate_reference", "decompose", "merge_eval", "aggregate", "lambda_rank", "spectrum",
+         "finetune_multitask", "evaluate_reference", "decompose", "merge_eval", "aggregate", "lambda_rank", "spectrum",
          "scaling"]  # fmt: skip
 CART_GRID = {"rank": [0.0, 0.04, 0.08, 0.16, 1.0], "lam": [1.0, 2.0, 3.0]}
 
@@ -73,6 +73,24 @@ def test_adaptation_requests_cover_the_step_times_measured_on_a_gpu():
         assert request["runtime"] * 60 >= 1.5 * steps * row["seconds_per_step"], row
     # the paper's largest adaptation (ViT-L/14, 20 tasks, adarank) stays within a day
     assert job_resources("adapt_eval", "ViT-L-14", 20, {"steps": 10000, "batch_size": 16})["runtime"] < 24 * 60
+
+
+def test_the_multitask_job_lasts_its_tasks_times_the_experts_steps_at_the_measured_image_rate():
+    import json
+    from pathlib import Path
+
+    recipe = {"steps": 2000, "batch_size": 128}
+    one, eight = (job_resources("finetune_multitask", "ViT-B-32", tasks, recipe) for tasks in (1, 8))
+    assert eight["mem_mb"] == job_resources("finetune", "ViT-B-32", 8)["mem_mb"]
+    # 30 minutes of loading, then 8 × the training of one task (each request rounded up to a minute)
+    assert 8 * (one["runtime"] - 31) <= eight["runtime"] - 30 <= 8 * (one["runtime"] - 30)
+    longer = job_resources("finetune_multitask", "ViT-B-32", 8, {"steps": 4000, "batch_size": 128})
+    assert longer["runtime"] > eight["runtime"]
+    measured = Path(__file__).resolve().parents[1] / "benchmarks/results/h200-2026-12-04/adaptation_speed.json"
+    for row in json.loads(measured.read_text())["rows"]:
+        seconds_per_image = row["seconds_per_step"] / (row["tasks"] * row["batch_per_task"])
+        request = job_resources("finetune_multitask", row["model"], 20, recipe)["runtime"]
+        assert request * 60 >= 1.5 * 20 * 2000 * 128 * seconds_per_image, row
 
 
 def test_model_sizes_are_open_clips_float32_architectures():

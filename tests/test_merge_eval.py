@@ -204,6 +204,26 @@ def test_reference_rows_are_zero_shot_everywhere_and_individual_on_own_task(setu
             assert correct[row][name].mean() == test.loc[name, column]
 
 
+def test_the_multitask_encoder_adds_its_column_and_row_and_changes_nothing_else(setup) -> None:
+    pretrained, finetuned, evaluate, _ = setup
+    without, correct_without = reference_accuracies(evaluate, pretrained, finetuned)
+    # The second expert stands in for a multi-task encoder: one set of weights scored on every task.
+    table, correct = reference_accuracies(evaluate, pretrained, finetuned, finetuned[1])
+    assert list(table.columns) == ["task", "split", "zeroshot", "individual", "multitask"]
+    pd.testing.assert_frame_equal(table.drop(columns="multitask"), without, check_exact=True)
+    assert list(correct) == ["zero-shot", "individual", "multi-task"]
+    evaluate.load_state_dict(finetuned[1], "stand-in")
+    for split in ("val", "test"):
+        assert table[table["split"] == split].set_index("task")["multitask"].to_dict() == evaluate.accuracies(split)
+    for name in TASKS:
+        np.testing.assert_array_equal(correct["multi-task"][name], evaluate.correct("test", [name])[name])
+        for row in ("zero-shot", "individual"):
+            np.testing.assert_array_equal(correct[row][name], correct_without[row][name])
+    assert table.loc[(table["split"] == "test") & (table["task"] == "b"), "multitask"].item() == (
+        without.loc[(without["split"] == "test") & (without["task"] == "b"), "individual"].item()
+    )
+
+
 def test_a_state_dict_of_another_architecture_is_refused_by_name(setup) -> None:
 
     pretrained, _, evaluate, _ = setup

@@ -223,3 +223,37 @@ def test_a_lower_runtime_limit_cuts_sweeps_finer_and_refuses_a_job_it_cannot_cut
         "adapt_eval {'method': 'adarank'}: 964 min estimated, over resources.max_runtime_min (900)"
         in run.stdout + run.stderr
     )
+
+
+def test_the_multitask_reference_is_opt_in_and_trains_beside_downloaded_experts(tmp_path):
+    text = (PAPER / "vit-b-32-8.yaml").read_text()
+    assert "# Set true for the multi-task reference row" in text and "8 × 2000 = 16000 steps of 128 images" in text
+    config = _load("vit-b-32-8.yaml")
+    assert config["multitask"] is False and config["finetuned"]["source"] == "tall_masks"
+    config["multitask"] = True
+    output = _dry_run(tmp_path, config)
+    counts = _job_counts(output)
+    assert counts["finetune_multitask"] == 1 and counts["fetch_finetuned"] == 8 and "finetune" not in counts
+    [job] = [job for job in _jobs(output) if job["rule"] == "finetune_multitask"]
+    expected = "mergeflow finetune-multitask --model-dir results/models/ViT-B-32 --tasks " + " ".join(config["tasks"])
+    assert job["shell"].startswith(f"{expected} --heads results/heads/ViT-B-32/SUN397.safetensors")
+    assert "--steps 2000 --batch-size 128 --micro-batch-size 128 --lr 1e-05" in job["shell"]
+    assert "--shipped" not in job["shell"] and job["resources"]["gpu"] == 1 and job["resources"]["runtime"] == 114
+    # The multi-task job trains on the train splits, which downloaded experts alone would not need.
+    assert "--no-train" not in output
+    [evaluate] = [job for job in _jobs(output) if job["rule"] == "evaluate_reference"]
+    assert " --multitask results/finetuned/ViT-B-32/multitask/paper8.safetensors --out " in evaluate["shell"]
+    # As the generated comment says, ViT-L-14 on 14 tasks needs a higher runtime limit: one job cannot be cut.
+    config = _load("vit-l-14-14.yaml")
+    assert "one job that requests 1522 min: over resources.max_runtime_min's default 1440" in (
+        (PAPER / "vit-l-14-14.yaml").read_text()
+    )
+    config["multitask"] = True
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(REPO / "Snakefile"), "--directory",
+               str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "--cores", "4"]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "finetune_multitask {'model': 'ViT-L-14'}: 1522 min estimated, over resources.max_runtime_min (1440)" in (
+        run.stdout + run.stderr
+    )

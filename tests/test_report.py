@@ -31,6 +31,8 @@ from mergeflow.report.tables import interval_columns
 TASKS = ["SUN397", "Cars", "Euro_SAT"]
 ZEROSHOT = {"val": [0.62, 0.52, 0.41], "test": [0.60, 0.50, 0.40]}
 INDIVIDUAL = {"val": [0.82, 0.91, 0.98], "test": [0.80, 0.90, 0.99]}
+# The multi-task encoder's accuracy, in the runs that have one (reference.csv's column `multitask`).
+MULTITASK = {"val": [0.77, 0.86, 0.95], "test": [0.75, 0.85, 0.96]}
 SWEEP_RANKS = [0.0, 0.04, 0.08, 1.0]
 
 
@@ -106,11 +108,12 @@ def _write_csv(path: Path, rows: list[dict[str, object]]) -> Path:
     return path
 
 
-def _write_reference(directory: Path) -> Path:
+def _write_reference(directory: Path, *, multitask: bool = False) -> Path:
     rows = [
-        {"task": task, "split": split, "zeroshot": zeroshot, "individual": individual}
+        {"task": task, "split": split, "zeroshot": ZEROSHOT[split][index], "individual": INDIVIDUAL[split][index]}
+        | ({"multitask": MULTITASK[split][index]} if multitask else {})
         for split in ("val", "test")
-        for task, zeroshot, individual in zip(TASKS, ZEROSHOT[split], INDIVIDUAL[split], strict=True)
+        for index, task in enumerate(TASKS)
     ]
     return _write_csv(directory / "reference.csv", rows)
 
@@ -159,6 +162,8 @@ def write_synthetic_correctness(inputs: dict[str, Path]) -> list[Path]:
     reference = pd.read_csv(inputs["reference"])
     test = reference[reference["split"] == "test"].set_index("task")
     rows = {"zero-shot": test["zeroshot"], "individual": test["individual"]}
+    if "multitask" in test.columns:
+        rows["multi-task"] = test["multitask"]
     paths = [inputs["reference"].with_name("reference.correct.safetensors")]
     save_correctness(paths[0], {row: _vectors(accuracy, 0) for row, accuracy in rows.items()})
     for index, path in enumerate(method_paths(inputs)):
@@ -596,3 +601,116 @@ def test_the_newer_methods_are_reference_lines_of_the_rank_sweep(inputs: dict[st
     assert lines["WUDI"].average_accuracy == lines["weight averaging"].average_accuracy
     assert "WUDI" not in {line.label for line in reference_lines(reference, results, TASKS)}
     assert all(path.stat().st_size > 0 for path in plot_rank_sweep(reference, with_newer, tmp_path / "rank_sweep"))
+
+
+# --- the multi-task reference row -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def with_multitask(inputs: dict[str, Path]) -> dict[str, Path]:
+    """The synthetic suite whose reference.csv also has the multi-task encoder's column."""
+    return {**inputs, "reference": _write_reference(inputs["reference"].parent, multitask=True)}
+
+
+def test_the_multitask_row_follows_individual_and_changes_no_other_number(
+    with_multitask: dict[str, Path], inputs: dict[str, Path]
+) -> None:
+    results = load_method_results(method_paths(with_multitask))
+    correctness = read_correctness_files(write_synthetic_correctness(with_multitask))
+    published = {"multitask": PublishedNumber(88.9, "source M")}
+    table = main_table(load_reference(with_multitask["reference"]), results, TASKS, published, correctness,
+                       resamples=400)  # fmt: skip
+    order = ["zero-shot", "individual", "multi-task", "weight averaging", "task arithmetic", "CART", "low-rank TA"]
+    for metric in ("accuracy", "normalized_accuracy"):
+        assert list(table.loc[table["metric"] == metric, "method"]) == order
+    added = ["multitask_normalized", "multitask_normalized_ci_low", "multitask_normalized_ci_high"]
+    assert list(table.columns) == [
+        "metric", "method", "setting", *TASKS, *TRAILING, *INTERVALS, *CART_DIFFERENCE, "group", *added
+    ]  # fmt: skip
+    absolute, normalized = _row(table, "accuracy", "multi-task"), _row(table, "normalized_accuracy", "multi-task")
+    assert absolute[TASKS].tolist() == pytest.approx([75.0, 85.0, 96.0]) and absolute["published"] == 88.9
+    assert absolute["difference"] == pytest.approx((75 + 85 + 96) / 3 - 88.9) and absolute["group"] == ""
+    assert normalized[TASKS].tolist() == pytest.approx([75 / 0.80, 85 / 0.90, 96 / 0.99])
+    # Without the column, the same inputs give the table every other row and column of this one, number for number.
+    _write_reference(inputs["reference"].parent)
+    plain_correctness = read_correctness_files(write_synthetic_correctness(inputs))
+    plain = main_table(load_reference(inputs["reference"]), results, TASKS, published, plain_correctness,
+                       resamples=400)  # fmt: skip
+    kept = table[table["method"] != "multi-task"].drop(columns=added).reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, plain, check_exact=True)
+
+
+def test_every_normalized_row_is_also_normalized_to_the_multitask_model(with_multitask: dict[str, Path]) -> None:
+    correctness = read_correctness_files(write_synthetic_correctness(with_multitask))
+    reference, results = load_reference(with_multitask["reference"]), load_method_results(method_paths(with_multitask))
+    table = main_table(reference, results, TASKS, None, correctness, resamples=400)
+    assert table.loc[table["metric"] == "accuracy", "multitask_normalized"].isna().all()
+    cart = _row(table, "accuracy", "CART")
+    expected = 100 * np.mean([cart[task] / 100 / accuracy for task, accuracy in zip(TASKS, MULTITASK["test"])])
+    assert _row(table, "normalized_accuracy", "CART")["multitask_normalized"] == pytest.approx(expected)
+    own = _row(table, "normalized_accuracy", "multi-task")
+    assert own[["multitask_normalized", "multitask_normalized_ci_low", "multitask_normalized_ci_high"]].tolist() == [
+        100.0, 100.0, 100.0
+    ]  # fmt: skip
+    # The interval: the ratio to the multi-task model on each resample of the shared draws, averaged over tasks.
+    order = ["zero-shot", "individual", "multi-task", "weight_averaging", "task_arithmetic", "cart", "lowrank_ta"]
+    matrices = [np.stack([correctness.rows[row][task] for row in order], axis=1) for task in TASKS]
+    samples = resampled_accuracies(matrices, resamples=400)
+    ratios = (100.0 * samples / samples[:, [order.index("multi-task")], :]).mean(axis=2)
+    rows = table[table["metric"] == "normalized_accuracy"]
+    assert rows["multitask_normalized_ci_low"].tolist() == pytest.approx(np.percentile(ratios, 2.5, axis=0).tolist())
+    assert rows["multitask_normalized_ci_high"].tolist() == pytest.approx(np.percentile(ratios, 97.5, axis=0).tolist())
+    assert (rows["multitask_normalized_ci_low"] <= rows["multitask_normalized"]).all()
+    assert (rows["multitask_normalized"] <= rows["multitask_normalized_ci_high"]).all()
+
+
+def test_markdown_and_latex_show_the_multitask_row_and_its_normalization(
+    with_multitask: dict[str, Path], inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    correctness = read_correctness_files(write_synthetic_correctness(with_multitask))
+    reference, results = load_reference(with_multitask["reference"]), load_method_results(method_paths(with_multitask))
+    table = main_table(reference, results, TASKS, None, correctness, resamples=400)
+    csv, markdown, latex = write_main_table(table, tmp_path / "tables")
+    text, tex = markdown.read_text(), latex.read_text()
+    absolute = text.split("## Normalized")[0]
+    normalized = text.split("## Normalized")[1]
+    header = next(line for line in absolute.splitlines() if line.startswith("| method "))
+    assert "normalized to multi-task" not in header and "| multi-task | 75.0 | 85.0 | 96.0 |" in absolute
+    assert "| average | vs CART | normalized to multi-task | hyper-parameters |" in normalized
+    cart = pd.read_csv(csv).query("metric == 'normalized_accuracy' and method == 'CART'").iloc[0]
+    cell = (
+        f"{cart.multitask_normalized:.1f} [{cart.multitask_normalized_ci_low:.1f}, "
+        f"{cart.multitask_normalized_ci_high:.1f}]"
+    )
+    assert f" | {cell} | lam=1.5, rank=0.08 |" in next(line for line in normalized.splitlines() if "| CART |" in line)
+    assert "normalized to multi-task: the row's accuracy divided by the multi-task model's" in text
+    # LaTeX: one more column on the normalized tabular, and the reference rows' rule under the multi-task row.
+    assert r"\begin{tabular}{l" + "r" * (len(TASKS) + 3) + "l}" in tex  # tasks, average, vs CART, multi-task
+    assert tex.count("multi-task & 75.0 & 85.0 & 96.0") == 1
+    for tabular in tex.split(r"\end{tabular}")[:2]:
+        lines = tabular.splitlines()
+        row = next(index for index, line in enumerate(lines) if line.startswith("multi-task &"))
+        assert lines[row + 1] == r"\midrule" and lines[row - 1].startswith("individual &")
+    _write_reference(inputs["reference"].parent)
+    plain = main_table(load_reference(inputs["reference"]), results, TASKS)
+    assert "multi-task" not in write_main_table(plain, tmp_path / "plain")[1].read_text()
+
+
+def test_the_multitask_model_is_a_reference_line_and_a_grey_bar(with_multitask: dict[str, Path], tmp_path: Path):
+    from mergeflow.report.figures import reference_lines
+    from mergeflow.report.per_task import per_task_accuracies, row_colour
+    from mergeflow.report.style import MID_GREY
+
+    reference, results = load_reference(with_multitask["reference"]), load_method_results(method_paths(with_multitask))
+    lines = {line.label: line.average_accuracy for line in reference_lines(reference, results, TASKS)}
+    assert lines["multi-task"] == pytest.approx(100 * np.mean(MULTITASK["test"]))
+    assert list(lines) == ["individual", "multi-task", "task arithmetic", "weight averaging", "zero-shot"]
+    plain = load_reference(with_multitask["reference"]).drop(columns="multitask")
+    assert "multi-task" not in {line.label for line in reference_lines(plain, results, TASKS)}
+    table = main_table(reference, results, TASKS)
+    assert per_task_accuracies(table).loc["multi-task", "average"] == pytest.approx(100 * np.mean(MULTITASK["test"]))
+    assert row_colour("multi-task") == MID_GREY
+    assert main([*_aggregate_argv(with_multitask, tmp_path)]) == 0
+    for stem in ("rank_sweep", "per_task"):
+        assert (tmp_path / "figures" / f"{stem}.png").stat().st_size > 0
+    assert "| multi-task |" in (tmp_path / "tables" / "main.md").read_text()

@@ -78,11 +78,12 @@ def test_packaged_csv_holds_the_readme_table_and_tsv_m(published: pd.DataFrame) 
     assert [indexed[("ViT-B-32", count, "tsv_m")] for count in (8, 14, 20)] == [85.9, 80.1, 77.1]
     # 9 methods of the authors' table for 2 models x 3 task counts, plus TSV-M, RegMean and Fisher on ViT-B-32
     # (CART paper), plus the Iso paper's TSV-M (the 6 cells the CART paper lacks), Iso-C and Iso-CTS for 3 models x
-    # 3 task counts, plus the newer methods' own papers and FusionBench (8 tasks).
-    assert len(published) == 9 * 6 + 3 + 2 + 6 + 9 + 9 + 7
+    # 3 task counts, plus the newer methods' own papers and FusionBench (8 tasks), plus the CART paper's multi-task
+    # learning row (ViT-B-32, 8 tasks).
+    assert len(published) == 9 * 6 + 3 + 2 + 6 + 9 + 9 + 7 + 1
     cart_paper = published["source"].str.contains("arXiv 2412.12153")
     iso_paper = published["source"].str.contains("arXiv 2502.04959")
-    assert not (cart_paper & iso_paper).any() and iso_paper.sum() == 24 and cart_paper.sum() == 9 * 6 + 3 + 2
+    assert not (cart_paper & iso_paper).any() and iso_paper.sum() == 24 and cart_paper.sum() == 9 * 6 + 3 + 2 + 1
 
 
 def test_the_newer_methods_rows_keep_their_source_and_experts(published: pd.DataFrame) -> None:
@@ -105,6 +106,20 @@ def test_the_newer_methods_rows_keep_their_source_and_experts(published: pd.Data
     numbers = published_averages(published, "ViT-B-32", TASKS_8)
     assert numbers["iso_cts+svc"].average_accuracy == 85.6 and numbers["iso_cts"].average_accuracy == 86.2
     assert published_for("task_arithmetic+svc", numbers) is None
+
+
+def test_the_multitask_row_is_shown_and_never_compared_as_ours_is_trained_here(published: pd.DataFrame) -> None:
+    rows = published[published["method"] == "multitask"]
+    assert rows[["model", "num_tasks", "average_accuracy", "experts"]].values.tolist() == [
+        ["ViT-B-32", 8, 88.9, "published_multitask"]
+    ]
+    assert "multi-task learning (arXiv 2412.12153)" in rows["source"].iloc[0]
+    for label in ("task_vectors", "tall_masks", None):
+        experts = RunExperts(label, "test")
+        number = published_averages(published, "ViT-B-32", TASKS_8, experts)["multitask"]
+        assert number.average_accuracy == 88.9 and not number.comparable
+        notes = experts_notes({"multitask": number}, experts, ["zeroshot", "individual", "multitask"])
+        assert "made with other experts (published_multitask)" in notes[1]
 
 
 def test_the_iso_papers_rows(published: pd.DataFrame) -> None:

@@ -24,7 +24,11 @@ RESULTS = "results"
 SUITE = f"{RESULTS}/{BENCHMARK}/{MODEL}"
 # Methods that read training images (RegMean, RegMean++, Fisher): the data stage's statistics, or the images.
 DATA_METHODS = [method for method in STATIC_METHODS if MERGE_METHODS[base_method(method)].needs == "training_data"]
-WRITES_TRAIN = config["data"]["source"] == "tiny" or FINETUNED["source"] == "finetune" or bool(DATA_METHODS)
+# One more encoder fine-tuned on all tasks at once (by finetune_multitask), the tables' multi-task reference row.
+MULTITASK = config["multitask"]
+WRITES_TRAIN = (
+    config["data"]["source"] == "tiny" or FINETUNED["source"] == "finetune" or MULTITASK or bool(DATA_METHODS)
+)
 TASK_STATISTICS = config["task_statistics"]
 
 
@@ -55,6 +59,10 @@ def head_path(task):
 
 def finetuned_path(task):
     return f"{RESULTS}/finetuned/{MODEL}/{task}.safetensors"
+
+
+def multitask_path():
+    return f"{RESULTS}/finetuned/{MODEL}/multitask/{BENCHMARK}.safetensors"
 
 
 def log_path(rule_name, name):
@@ -115,6 +123,8 @@ def scaled(rule_name, key):
 
     def value(wildcards):
         grid = sweep_grid(wildcards) if rule_name in ("merge_eval", "adapt_eval") else None
+        # The multi-task job's length is the finetune block's steps and batch size, times the tasks.
+        grid = config["finetune"] if rule_name == "finetune_multitask" else grid
         request = job_resources(rule_name, SCALE_MODEL, len(TASKS), grid)
         if request["runtime"] > MAX_RUNTIME_MIN:
             raise ValueError(
@@ -160,6 +170,16 @@ def shipped_finetuned_files(wildcards):
     if SHIPPED_FINETUNED is None:
         return []
     files = [os.path.join(SHIPPED_FINETUNED, f"{wildcards.task}.{ext}") for ext in ("json", "safetensors")]
+    return [path for path in files if os.path.exists(path)]
+
+
+def shipped_multitask_files():
+    """This benchmark's shipped multi-task encoder and recipe, when shipped: inputs, as for the tasks' encoders."""
+    if SHIPPED_FINETUNED is None:
+        return []
+    # mergeflow.shipped.finetuned.multitask_dir, spelled out: importing that module would import torch here.
+    folder = os.path.join(SHIPPED_FINETUNED, "multitask")
+    files = [os.path.join(folder, f"{BENCHMARK}.{ext}") for ext in ("json", "safetensors")]
     return [path for path in files if os.path.exists(path)]
 
 

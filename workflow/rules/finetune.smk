@@ -62,3 +62,45 @@ else:
         shell:
             "mergeflow fetch-finetuned --source {params.source:q} --model {params.open_clip_name}"
             " --task {wildcards.task} --pretrained {input.model} {params.cache} --out {output.encoder} > {log} 2>&1"
+
+
+# One encoder fine-tuned on all tasks at once with the finetune block's recipe (mergeflow.training.multitask): the
+# multi-task reference row. It trains here whatever the experts' source (the config check asks for a finetune block);
+# with finetune.shipped, this benchmark's shipped encoder is copied instead when its recipe is exactly this job's.
+if MULTITASK:
+
+    rule finetune_multitask:
+        input:
+            model=f"{RESULTS}/models/{{model}}/pretrained.safetensors",
+            heads=[head_path(task) for task in TASKS],
+            data=[data_marker(task) for task in TASKS],
+            shipped=shipped_multitask_files(),
+        output:
+            f"{RESULTS}/finetuned/{{model}}/multitask/{BENCHMARK}.safetensors",
+        params:
+            model_dir=lambda wildcards, input: os.path.dirname(input.model),
+            tasks=" ".join(TASKS),
+            data_dirs=" ".join(data_dir(task) for task in TASKS),
+            settings=config["finetune"],
+            micro_batch=config["finetune"].get("micro_batch_size", config["finetune"]["batch_size"]),
+            device=device_flag(),
+            shipped=shipped_finetuned_flag(),
+        threads: 1
+        resources:
+            gpu=GPUS_PER_JOB,
+            mem_mb=scaled("finetune_multitask", "mem_mb"),
+            runtime=scaled("finetune_multitask", "runtime"),
+        conda:
+            "../../envs/mergeflow.yaml"
+        log:
+            log_path("finetune_multitask", f"{{model}}/{BENCHMARK}"),
+        benchmark:
+            benchmark_path("finetune_multitask", f"{{model}}/{BENCHMARK}")
+        shell:
+            "mergeflow finetune-multitask --model-dir {params.model_dir} --tasks {params.tasks}"
+            " --heads {input.heads} --data-dirs {params.data_dirs} --steps {params.settings[steps]}"
+            " --batch-size {params.settings[batch_size]} --micro-batch-size {params.micro_batch}"
+            " --lr {params.settings[lr]}"
+            " --weight-decay {params.settings[weight_decay]} --warmup-steps {params.settings[warmup_steps]}"
+            " --grad-clip {params.settings[grad_clip]} --seed {params.settings[seed]} {params.shipped}"
+            " --out {output} --threads {threads} {params.device} > {log} 2>&1"

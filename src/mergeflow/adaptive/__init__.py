@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING
 from mergeflow.lazy import lazy_exports
 
 _EXPORTS = {
+    "AdaptationMovement": "adaptation",
     "AdaptationResult": "adaptation",
     "adapt": "adaptation",
     "LearnedMerge": "artefact",
+    "learned_movement": "artefact",
     "load_learned_merge": "artefact",
     "save_learned_merge": "artefact",
     "UnlabeledTask": "data",
@@ -33,8 +35,8 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from mergeflow.adaptive.adaptation import AdaptationResult, adapt
-    from mergeflow.adaptive.artefact import LearnedMerge, load_learned_merge, save_learned_merge
+    from mergeflow.adaptive.adaptation import AdaptationMovement, AdaptationResult, adapt
+    from mergeflow.adaptive.artefact import LearnedMerge, learned_movement, load_learned_merge, save_learned_merge
     from mergeflow.adaptive.data import UnlabeledTask
     from mergeflow.adaptive.methods import build_adaptive_merge, merge_from_learned
     from mergeflow.adaptive.parametrisation import AdaptiveMerge

@@ -50,6 +50,23 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class AdaptationMovement:
+    """How far adaptation went from where it started: the largest change of any coefficient and, for adarank,
+    how many singular components changed between kept and dropped, of how many it masks."""
+
+    max_coefficient_change: float
+    flipped_components: int
+    masked_components: int
+
+    def as_json(self) -> dict[str, float | int]:
+        return {
+            "max_coefficient_change": self.max_coefficient_change,
+            "flipped_components": self.flipped_components,
+            "masked_components": self.masked_components,
+        }
+
+
+@dataclass(frozen=True)
 class AdaptationResult:
     """What was learned, the per-task entropy (steps, T) at every step before its update, and the merge.
 
@@ -64,6 +81,15 @@ class AdaptationResult:
     def entropy(self) -> np.ndarray:
         """The objective per step: Σ_t mean entropy, (steps,)."""
         return self.task_entropy.sum(axis=1)
+
+    def movement(self) -> AdaptationMovement:
+        initial = self.merge.initial_coefficients.detach().cpu().to(self.learned.coefficients.dtype)
+        change = (self.learned.coefficients - initial).abs()
+        flipped = sum(
+            int((mask != (self.merge.initial_masks[key].cpu() > 0.5)).sum()) for key, mask in self.learned.masks.items()
+        )
+        masked = sum(mask.numel() for mask in self.learned.masks.values())
+        return AdaptationMovement(float(change.max()) if change.numel() else 0.0, flipped, masked)
 
     def merged_state_dict(self) -> StateDict:
         """The adapted encoder: plain tensors with θ_0's keys and dtypes, on the adaptation device."""

@@ -16,6 +16,7 @@ _FORMAT = "mergeflow.learned_merge"
 _VERSION = "1"
 _COEFFICIENTS = "coefficients"
 _MASK_PREFIX = "mask|"
+MOVEMENT_METADATA = "movement"
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,11 @@ class LearnedMerge:
         return {key: mask.sum(dim=1).tolist() for key, mask in self.masks.items()}
 
 
-def save_learned_merge(path: str | os.PathLike[str], learned: LearnedMerge) -> None:
-    """One safetensors file (atomically): `coefficients`, `mask|<key>`, settings and columns as metadata."""
+def save_learned_merge(
+    path: str | os.PathLike[str], learned: LearnedMerge, movement: Mapping[str, float | int] | None = None
+) -> None:
+    """One safetensors file (atomically): `coefficients`, `mask|<key>`, settings and columns as metadata, and
+    how far adaptation moved (`AdaptationResult.movement`) when given."""
     tensors = {_COEFFICIENTS: learned.coefficients} | {_MASK_PREFIX + key: mask for key, mask in learned.masks.items()}
     metadata = {
         "format": _FORMAT,
@@ -42,7 +46,17 @@ def save_learned_merge(path: str | os.PathLike[str], learned: LearnedMerge) -> N
         "settings": json.dumps(settings_to_json(learned.settings), sort_keys=True),
         "columns": json.dumps(dict(learned.columns), sort_keys=True),
     }
+    if movement is not None:
+        metadata[MOVEMENT_METADATA] = json.dumps(dict(movement), sort_keys=True)
     save_state_dict(path, tensors, metadata)
+
+
+def learned_movement(path: str | os.PathLike[str]) -> dict[str, float | int]:
+    """The movement `save_learned_merge` recorded in the file; InputError naming the file if it has none."""
+    recorded = read_safetensors_metadata(path).get(MOVEMENT_METADATA)
+    if recorded is None:
+        raise InputError(f"{path}: no {MOVEMENT_METADATA!r} metadata; expected a file written by adapt-eval")
+    return json.loads(recorded)
 
 
 def load_learned_merge(path: str | os.PathLike[str]) -> LearnedMerge:

@@ -57,7 +57,11 @@ def cmd_adapt_eval(args: argparse.Namespace) -> int:
     curve["total"] = result.entropy
     for step in range(0, len(curve), max(1, len(curve) // 10)):
         log.info("step %d: entropy %.4f", step, curve["total"].iloc[step])
-    save_learned_merge(args.learned, result.learned)
+    movement = result.movement()
+    log.info("%s moved from its start in %d steps: largest coefficient change %.4f; %d of %d singular components "
+             "flipped between kept and dropped", args.method, settings.steps, movement.max_coefficient_change,
+             movement.flipped_components, movement.masked_components)  # fmt: skip
+    save_learned_merge(args.learned, result.learned, movement.as_json())
     # The adapted encoder is still loaded: one more test pass keeps its per-image correctness for the tables.
     save_correctness(args.correct, {args.method: job.evaluator.correct("test")})
     with atomic_path(args.entropy) as tmp:

@@ -15,6 +15,11 @@ log = logging.getLogger("mergeflow")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate-reference", help="zero-shot and individual fine-tuned accuracies per task")
     add_evaluation_arguments(p)
+    p.add_argument(
+        "--multitask",
+        default=None,
+        help="the encoder fine-tuned on all tasks at once (finetune-multitask): its accuracy on every task too",
+    )
     p.set_defaults(func=cmd_evaluate_reference)
 
     p = sub.add_parser("merge-eval", help="merge over a grid, select on val, evaluate test at the selected settings")
@@ -58,9 +63,13 @@ def cmd_evaluate_reference(args: argparse.Namespace) -> int:
     from mergeflow.evaluation.correctness import save_correctness
     from mergeflow.evaluation.sweep import reference_accuracies
     from mergeflow.io import atomic_path
+    from mergeflow.models.clip import pretrained_path
 
     job = EvaluationJob(args)
-    table, correct = reference_accuracies(job.evaluator, job.pretrained, job.finetuned)
+    multitask = None
+    if args.multitask:
+        [multitask] = load_finetuned([args.multitask], job.pretrained, pretrained_path(args.model_dir))
+    table, correct = reference_accuracies(job.evaluator, job.pretrained, job.finetuned, multitask)
     save_correctness(args.correct, correct)
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, index=False)

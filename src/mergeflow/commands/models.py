@@ -1,4 +1,5 @@
-"""Model verbs: θ_0 (pre-train, install, download), the fine-tuned encoders (fetch, fine-tune) and zero-shot heads."""
+"""Model verbs: θ_0 (pre-train, install, download), the fine-tuned encoders (fetch, fine-tune, and one fine-tuned on
+all tasks at once) and zero-shot heads."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mergeflow.commands.arguments import add_runtime_arguments, json_value
+from mergeflow.commands.arguments import add_runtime_arguments, check_same_length, json_value
 from mergeflow.commands.inputs import job_device
 from mergeflow.io import InputError
+
+if TYPE_CHECKING:
+    from mergeflow.training.finetune import FinetuneSettings
 
 log = logging.getLogger("mergeflow")
 
@@ -81,6 +86,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     add_runtime_arguments(p)
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser(
+        "finetune-multitask",
+        help="fine-tune one image encoder on all tasks at once (the multi-task reference row) through their heads",
+        description="The fine-tuning recipe on the union of the tasks' training examples: --steps per task, so "
+        "len(--tasks) × --steps optimizer steps in all (mergeflow.training.multitask).",
+    )
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--tasks", nargs="+", required=True, help="task names, in training order")
+    p.add_argument("--heads", nargs="+", required=True, help="one head file per task, in --tasks order")
+    p.add_argument("--data-dirs", nargs="+", required=True, help="one prepared task directory per task, same order")
+    _add_training_arguments(p, grad_clip=True)
+    p.add_argument(
+        "--shipped",
+        default=None,
+        help="folder of shipped encoders: copy its multitask/<--out's name> (.safetensors + .json) instead of "
+        "fine-tuning when its recipe has these settings and tasks and the same θ_0, heads' files and train splits",
+    )
+    p.add_argument("--out", required=True, help="safetensors file, named after the benchmark: <benchmark>.safetensors")
+    add_runtime_arguments(p)
+    p.set_defaults(func=cmd_finetune_multitask)
 
 
 def _add_training_arguments(p: argparse.ArgumentParser, *, grad_clip: bool = False) -> None:
@@ -161,6 +187,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         clip, spec, pool, tokens, torch.tensor(caption_ids), settings, device, progress=not args.no_progress
     )
     log.info("pretrain loss: first %.4f, last %.4f over %d steps", losses[0], losses[-1], len(losses))
+    log.info("learned logit scale %.2f (clamped at 100)", float(clip.logit_scale.detach().exp()))
     save_model_dir(args.out, spec, clip.cpu())
     return 0
 
@@ -192,18 +219,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from mergeflow.models.clip import load_image_encoder, load_spec
     from mergeflow.models.heads import load_head
     from mergeflow.shipped.finetuned import install_if_same_recipe
-    from mergeflow.training.finetune import FinetuneSettings, finetune_image_encoder
+    from mergeflow.training.finetune import finetune_image_encoder
 
-    settings = FinetuneSettings(
-        args.steps,
-        args.batch_size,
-        args.lr,
-        args.weight_decay,
-        args.warmup_steps,
-        args.grad_clip,
-        args.seed,
-        micro_batch_size=args.micro_batch_size,
-    )
+    settings = _finetune_settings(args)
     head, logit_scale = load_head(args.head)
     check_head_fits(head, args.head, args.data_dir)
     images, labels = load_split(args.data_dir, "train")
@@ -218,4 +236,54 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     )
     log.info("finetune loss: first %.4f, last %.4f over %d steps", losses[0], losses[-1], len(losses))
     save_state_dict(args.out, visual.cpu().state_dict(), {"model": spec.name, "task": Path(args.data_dir).name})
+    return 0
+
+
+def _finetune_settings(args: argparse.Namespace) -> FinetuneSettings:
+    """The fine-tuning recipe of `finetune` and `finetune-multitask` (their shared training flags)."""
+    from mergeflow.training.finetune import FinetuneSettings
+
+    return FinetuneSettings(
+        args.steps,
+        args.batch_size,
+        args.lr,
+        args.weight_decay,
+        args.warmup_steps,
+        args.grad_clip,
+        args.seed,
+        micro_batch_size=args.micro_batch_size,
+    )
+
+
+def cmd_finetune_multitask(args: argparse.Namespace) -> int:
+    from mergeflow.data import check_head_fits, load_split
+    from mergeflow.io import save_state_dict
+    from mergeflow.models.clip import load_image_encoder, load_spec
+    from mergeflow.models.heads import load_head
+    from mergeflow.shipped.finetuned import install_multitask_if_same_recipe
+    from mergeflow.training.multitask import TrainingTask, finetune_multitask, multitask_steps
+
+    settings = _finetune_settings(args)
+    check_same_length(args, ["tasks", "heads", "data_dirs"])
+    repeated = sorted({task for task in args.tasks if args.tasks.count(task) > 1})
+    if repeated:
+        raise InputError(f"--tasks: {repeated} given more than once; expected each task once")
+    tasks = []
+    for task, head_path, data_dir in zip(args.tasks, args.heads, args.data_dirs):
+        head, logit_scale = load_head(head_path)
+        check_head_fits(head, head_path, data_dir)
+        tasks.append(TrainingTask(task, head, logit_scale, *load_split(data_dir, "train")))
+    data_dirs = dict(zip(args.tasks, args.data_dirs))
+    if args.shipped and install_multitask_if_same_recipe(args.shipped, settings.as_recipe(), args.model_dir,
+                                                         data_dirs, args.out):  # fmt: skip
+        return 0
+    device = job_device(args, args.seed)
+    spec = load_spec(args.model_dir)
+    visual = load_image_encoder(args.model_dir)
+    log.info("multi-task fine-tuning on %d tasks (%s): %d steps of %d examples from %d in all", len(tasks),
+             ", ".join(args.tasks), multitask_steps(settings, len(tasks)), settings.batch_size,
+             sum(len(task.labels) for task in tasks))  # fmt: skip
+    losses = finetune_multitask(visual, tasks, spec, settings, device, progress=not args.no_progress)
+    log.info("finetune-multitask loss: first %.4f, last %.4f over %d steps", losses[0], losses[-1], len(losses))
+    save_state_dict(args.out, visual.cpu().state_dict(), {"model": spec.name, "tasks": " ".join(args.tasks)})
     return 0

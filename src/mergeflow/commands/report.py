@@ -43,7 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Build the main results table, with published averages where they apply and bootstrap "
         "intervals over test images, the rank-sweep figure and the per-task accuracy bars from evaluation CSVs.",
     )
-    parser.add_argument("--reference", required=True, type=Path, help="reference.csv (zero-shot and individual)")
+    parser.add_argument(
+        "--reference", required=True, type=Path, help="reference.csv (zero-shot, individual and, if run, multi-task)"
+    )
     parser.add_argument("--results", required=True, nargs="+", type=Path, help="one CSV per method, in table row order")
     parser.add_argument("--tasks", required=True, nargs="+", help="task names, in table column order")
     parser.add_argument(
@@ -158,7 +160,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_aggregate(args: argparse.Namespace) -> int:
     # Imported here: pandas and matplotlib would slow every other `mergeflow` verb's start-up.
     from mergeflow.evaluation.correctness import read_correctness_files
-    from mergeflow.evaluation.results import load_method_results, load_reference
+    from mergeflow.evaluation.results import MULTITASK_COLUMN, load_method_results, load_reference
     from mergeflow.io import atomic_path
     from mergeflow.report.figures import plot_rank_sweep
     from mergeflow.report.per_task import plot_per_task
@@ -187,7 +189,8 @@ def run_aggregate(args: argparse.Namespace) -> int:
     # Every input is checked before anything is written, so bad input writes nothing.
     numbers = published_averages(published, args.published_model, args.tasks, experts)
     table = main_table(reference, results, args.tasks, numbers, correctness)
-    notes = experts_notes(numbers, experts, ["zeroshot", "individual", *dict.fromkeys(results["method"])])
+    references = ["zeroshot", "individual", *(["multitask"] if MULTITASK_COLUMN in reference.columns else [])]
+    notes = experts_notes(numbers, experts, [*references, *dict.fromkeys(results["method"])])
     if provenance is not None:
         approximate = approximate_val(provenance)
         mark_approximate_val(

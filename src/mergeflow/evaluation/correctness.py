@@ -3,8 +3,9 @@
 One safetensors file per evaluation job, `eval/<method>.correct.safetensors` and, for the zero-shot and
 individual models, `eval/reference.correct.safetensors`: one 1-D bool tensor per (row, task), named
 `<row>/<task>`, True where the image's top-1 prediction is its label, in the task's stored test order. A
-row is the method entry (`cart`, `cart@released`) or, in the reference file, `zero-shot` / `individual`,
-names no method entry can take (so the `zeroshot` merge keeps its own row). Nothing else is stored:
+row is the method entry (`cart`, `cart@released`) or, in the reference file, `zero-shot` / `individual`
+(and `multi-task` when the run has the multi-task encoder), names no method entry can take (so the
+`zeroshot` merge keeps its own row). Nothing else is stored:
 accuracy, and every interval around it, follows from these vectors.
 """
 
@@ -24,6 +25,7 @@ Correctness = dict[str, dict[str, np.ndarray]]
 # The reference models' rows, named as in the main table.
 ZERO_SHOT_ROW = "zero-shot"
 INDIVIDUAL_ROW = "individual"
+MULTITASK_ROW = "multi-task"
 _SEPARATOR = "/"
 
 

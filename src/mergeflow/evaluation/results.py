@@ -19,6 +19,8 @@ PathLike = str | os.PathLike[str]
 
 SPLITS = ("val", "test")
 REFERENCE_COLUMNS = ("task", "split", "zeroshot", "individual")
+# The multi-task encoder's accuracy, in runs that train one (config `multitask`).
+MULTITASK_COLUMN = "multitask"
 RESULT_COLUMNS = (
     "method",
     "setting",
@@ -39,13 +41,15 @@ _FALSE_TEXT = frozenset({"false", "0"})
 
 
 def load_reference(path: PathLike) -> pd.DataFrame:
-    """Read `reference.csv`: zero-shot and individual fine-tuned accuracy per (task, split).
+    """Read `reference.csv`: zero-shot and individual fine-tuned accuracy per (task, split), and the multi-task
+    encoder's (column `multitask`) when the file has it.
 
     The file path is kept in `frame.attrs["source"]` for error messages downstream.
     """
     frame = read_text_csv(path, REFERENCE_COLUMNS)
     _check_splits(frame, path)
-    for column in ("zeroshot", "individual"):
+    columns = [*REFERENCE_COLUMNS, *([MULTITASK_COLUMN] if MULTITASK_COLUMN in frame.columns else [])]
+    for column in columns[2:]:
         frame[column] = _parse_floats(frame, column, path, allow_missing=False, upper=1.0)
     not_positive = frame.index[frame["individual"] <= 0]
     if len(not_positive):
@@ -54,7 +58,7 @@ def load_reference(path: PathLike) -> pd.DataFrame:
             f"line {_line_number(not_positive[0])} has {frame.at[not_positive[0], 'individual']}"
         )
     _check_unique_rows(frame, ["task", "split"], path)
-    reference = frame.loc[:, list(REFERENCE_COLUMNS)].reset_index(drop=True)
+    reference = frame.loc[:, columns].reset_index(drop=True)
     reference.attrs["source"] = str(path)
     return reference
 

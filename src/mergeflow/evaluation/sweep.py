@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from mergeflow import merging
 from mergeflow.evaluation.accuracy import EvalSettings, predict_staged, stage_splits
-from mergeflow.evaluation.correctness import INDIVIDUAL_ROW, ZERO_SHOT_ROW, Correctness
+from mergeflow.evaluation.correctness import INDIVIDUAL_ROW, MULTITASK_ROW, ZERO_SHOT_ROW, Correctness
 from mergeflow.evaluation.selection import as_rows, mark_selection, selected_settings, setting_key, sweep_axis_of
 from mergeflow.io import InputError
 from mergeflow.merging.entries import base_method, entry_modifiers, expand_grid, factor_kind, merge_name
@@ -124,13 +124,17 @@ def accuracies_of(correct: Mapping[str, np.ndarray]) -> dict[str, float]:
 
 
 def reference_accuracies(
-    evaluator: SweepEvaluator, pretrained: StateDict, finetuned: Sequence[StateDict]
+    evaluator: SweepEvaluator,
+    pretrained: StateDict,
+    finetuned: Sequence[StateDict],
+    multitask: StateDict | None = None,
 ) -> tuple[pd.DataFrame, Correctness]:
-    """Zero-shot (θ_0 on every task) and individual (θ_t on task t only) accuracy per task and split.
+    """Zero-shot (θ_0 on every task) and individual (θ_t on task t only) accuracy per task and split, and with
+    `multitask` the multi-task encoder's on every task.
 
-    Returns the table (columns task, split, zeroshot, individual; val rows first, tasks in the evaluator's
-    order) and the per-image test correctness behind its test rows, under the rows `zero-shot` and
-    `individual` (`mergeflow.evaluation.correctness`).
+    Returns the table (columns task, split, zeroshot, individual, and multitask when given; val rows first,
+    tasks in the evaluator's order) and the per-image test correctness behind its test rows, under the rows
+    `zero-shot`, `individual` and `multi-task` (`mergeflow.evaluation.correctness`).
     """
     evaluator.load_state_dict(pretrained, "pretrained state dict")
     zeroshot_by_split = {}
@@ -144,21 +148,22 @@ def reference_accuracies(
         evaluator.load_state_dict(weights, f"fine-tuned state dict of {name!r}")
         for split in EVAL_SPLITS:
             individual_by_split[split].update(evaluator.correct(split, [name]))
-    zeroshot = {split: accuracies_of(zeroshot_by_split[split]) for split in EVAL_SPLITS}
-    individual = {split: accuracies_of(individual_by_split[split]) for split in EVAL_SPLITS}
+    columns = {"zeroshot": zeroshot_by_split, "individual": individual_by_split}
+    correct = {ZERO_SHOT_ROW: zeroshot_by_split["test"], INDIVIDUAL_ROW: individual_by_split["test"]}
+    if multitask is not None:
+        evaluator.load_state_dict(multitask, "multi-task state dict")
+        columns["multitask"] = {split: evaluator.correct(split) for split in EVAL_SPLITS}
+        correct[MULTITASK_ROW] = columns["multitask"]["test"]
+    accuracies = {column: {split: accuracies_of(by_split[split]) for split in EVAL_SPLITS}
+                  for column, by_split in columns.items()}  # fmt: skip
     table = pd.DataFrame(
         [
-            {
-                "task": name,
-                "split": split,
-                "zeroshot": zeroshot[split][name],
-                "individual": individual[split][name],
-            }
+            {"task": name, "split": split, **{column: accuracies[column][split][name] for column in columns}}
             for split in EVAL_SPLITS
             for name in evaluator.task_names
         ]
     )
-    return table, {ZERO_SHOT_ROW: zeroshot_by_split["test"], INDIVIDUAL_ROW: individual_by_split["test"]}
+    return table, correct
 
 
 def _without_lam(setting: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
-from mergeflow.evaluation.results import PathLike, source_of
+from mergeflow.evaluation.results import MULTITASK_COLUMN, PathLike, source_of
 from mergeflow.io import InputError
 from mergeflow.merging.registry import METHODS
 from mergeflow.report.style import GREY, KIND_STYLES, LIGHT_GREY, OKABE_ITO, figure_style, heading, save_figure
@@ -31,6 +31,7 @@ SYMLOG_LINEAR_SCALE = 0.4
 _SWEEP_STYLES = {"cart": KIND_STYLES["centered"], "lowrank_ta": KIND_STYLES["original"]}
 _REFERENCE_STYLES = {
     "individual": {"color": OKABE_ITO["black"], "linestyle": "-", "linewidth": 0.9},
+    "multi-task": {"color": OKABE_ITO["black"], "linestyle": (0, (5, 2)), "linewidth": 0.9},
     "task arithmetic": {"color": OKABE_ITO["reddish_purple"], "linestyle": (0, (9, 3)), "linewidth": 1.2},
     "weight averaging": {"color": OKABE_ITO["bluish_green"], "linestyle": (0, (4, 1.5, 1, 1.5)), "linewidth": 1.2},
     "zero-shot": {"color": GREY, "linestyle": (0, (1, 2)), "linewidth": 1.2},
@@ -111,8 +112,8 @@ def _sweep_curve(results: pd.DataFrame, method: str, tasks: Sequence[str]) -> Sw
 
 
 def reference_lines(reference: pd.DataFrame, results: pd.DataFrame, tasks: Sequence[str]) -> list[ReferenceLine]:
-    """Individual, weight averaging, task arithmetic and the newer methods (those present) and zero-shot, highest
-    first."""
+    """Individual, the multi-task model (when `reference` has its column), weight averaging, task arithmetic and the
+    newer methods (those present) and zero-shot, highest first."""
     if not (results["method"] == "weight_averaging").any():
         raise InputError("no results for weight_averaging; expected them for the figure's reference line")
     test = reference[reference["split"] == "test"].set_index("task")
@@ -124,6 +125,8 @@ def reference_lines(reference: pd.DataFrame, results: pd.DataFrame, tasks: Seque
         ReferenceLine("individual", 100.0 * float(test.loc[list(tasks), "individual"].mean())),
         ReferenceLine("zero-shot", 100.0 * float(test.loc[list(tasks), "zeroshot"].mean())),
     ]
+    if MULTITASK_COLUMN in test.columns:
+        lines.append(ReferenceLine("multi-task", 100.0 * float(test.loc[list(tasks), MULTITASK_COLUMN].mean())))
     for method, label in (("task_arithmetic", "task arithmetic"), ("weight_averaging", "weight averaging")):
         if (results["method"] == method).any():
             lines.append(ReferenceLine(label, _best_average_percent(results, method, tasks)))

@@ -2,8 +2,9 @@
 val-selected setting) on each task, one small panel per task after one for the average.
 
 Methods are told apart by their position and label (the same order in every panel, as in the table),
-so the figure needs no colour legend; colour only groups the rows: reference models in grey, merges in
-light blue, CART and its variants in dark blue, which stay distinct in grayscale.
+so the figure needs no colour legend; colour only groups the rows: reference models in grey (zero-shot light,
+the multi-task model mid, the individual models dark), merges in light blue, CART and its variants in dark blue,
+which stay distinct in grayscale.
 """
 
 from __future__ import annotations
@@ -17,10 +18,17 @@ from matplotlib.figure import Figure
 
 from mergeflow.evaluation.results import PathLike
 from mergeflow.io import InputError
-from mergeflow.report.style import GREY, LIGHT_GREY, OKABE_ITO, figure_style, heading, save_figure
-from mergeflow.report.tables import AVERAGE_COLUMN, INDIVIDUAL_ROW, ZERO_SHOT_ROW, display_name, task_columns
+from mergeflow.report.style import GREY, LIGHT_GREY, MID_GREY, OKABE_ITO, figure_style, heading, save_figure
+from mergeflow.report.tables import (
+    AVERAGE_COLUMN,
+    INDIVIDUAL_ROW,
+    MULTITASK_ROW,
+    ZERO_SHOT_ROW,
+    display_name,
+    task_columns,
+)
 
-ROW_COLOURS = {ZERO_SHOT_ROW: LIGHT_GREY, INDIVIDUAL_ROW: GREY}
+ROW_COLOURS = {ZERO_SHOT_ROW: LIGHT_GREY, INDIVIDUAL_ROW: GREY, MULTITASK_ROW: MID_GREY}
 MERGE_COLOUR = OKABE_ITO["sky_blue"]
 CART_COLOUR = OKABE_ITO["blue"]
 MAX_PANEL_COLUMNS = 5

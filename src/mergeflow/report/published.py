@@ -3,14 +3,17 @@
 `published.csv` (package data beside this module) holds the average absolute test accuracy (%) that the
 CART authors report (arXiv 2412.12153) for open_clip ViT-B-32 and ViT-L-14 with OpenAI weights on the
 8-, 14- and 20-task benchmarks, plus TSV-M on ViT-B-32, one row per (model, num_tasks, method) with its
-source. Methods use `mergeflow` names; `zeroshot` and `individual` are the reference rows.
+source. Methods use `mergeflow` names; `zeroshot`, `individual` and `multitask` (one encoder fine-tuned on all
+tasks at once) are the reference rows.
 
 Its `experts` column says whose fine-tuned encoders produced each number, in the names
 `mergeflow.checkpoints.tables.expert_origin` gives our fetched experts: the CART table used the task_vectors
 release for the 8 tasks and TALL masks' for the 12 added ones (CART README, github.com/JH-GEECS/CART @ 964cfd7,
 L42-44), hence `task_vectors` for 8 tasks and `task_vectors+tall_masks` for 14 and 20; the TSV-M and Iso
 numbers used TALL masks' (the CART table's ViT-B-32 TSV-M numbers are the TSV paper's own); zero-shot numbers
-involve no experts (`none`). A difference from a published number is taken only when the run's experts are the
+involve no experts (`none`). A multi-task number names `published_multitask`, the paper's own multi-task encoder:
+ours is always fine-tuned by this pipeline (`mergeflow.training.multitask`), so that number is shown, never
+compared. A difference from a published number is taken only when the run's experts are the
 number's (`RunExperts`, read from the `<task>.json` records of `mergeflow fetch-finetuned`); otherwise the
 number is still shown and the note says why no difference is.
 
@@ -172,7 +175,7 @@ def run_experts(records: Sequence[PathLike]) -> RunExperts:
 def experts_notes(numbers: Mapping[str, PublishedNumber], experts: RunExperts, methods: Iterable[str]) -> list[str]:
     """The table's notes: whose experts made our rows and, if any shown number was not compared, why not.
 
-    `methods` are the table's method entries (`zeroshot` and `individual` for the reference rows).
+    `methods` are the table's method entries (`zeroshot`, `individual` and `multitask` for the reference rows).
     """
     notes = [f"Experts of our rows: {experts.description}."]
     shown = [number for number in (published_for(method, numbers) for method in methods) if number is not None]

@@ -39,6 +39,7 @@ OKABE_ITO = {
     "reddish_purple": "#CC79A7",
 }
 GREY = "#666666"
+MID_GREY = "#808080"
 LIGHT_GREY = "#BBBBBB"
 
 # Centered (CART's) and original task vectors: the two kinds every spectrum and sweep figure compares.

@@ -6,7 +6,9 @@ number is the CSV value rounded. Absolute-accuracy rows carry the published
 average (`mergeflow.report.published`) and our difference from it, where one applies.
 Given each row's per-image test correctness (`mergeflow.evaluation.correctness`), every
 number also gets a 95% bootstrap interval over test images, and every row the paired
-difference of its average from CART's (`mergeflow.report.bootstrap`).
+difference of its average from CART's (`mergeflow.report.bootstrap`). A run with the multi-task encoder
+(config `multitask`) has its reference row after the individual models', and every normalized row also its
+average normalized to the multi-task model (`multitask_normalized`).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from mergeflow.adaptive.settings import SETTINGS_CLASSES, is_adaptive, non_default_settings
-from mergeflow.evaluation.correctness import INDIVIDUAL_ROW, ZERO_SHOT_ROW, PerImageCorrectness
-from mergeflow.evaluation.results import PathLike, source_of
+from mergeflow.evaluation.correctness import INDIVIDUAL_ROW, MULTITASK_ROW, ZERO_SHOT_ROW, PerImageCorrectness
+from mergeflow.evaluation.results import MULTITASK_COLUMN, PathLike, source_of
 from mergeflow.io import InputError, atomic_path, write_text
 from mergeflow.merging.entries import VARIANT_SEPARATOR, base_method, entry_modifiers
 from mergeflow.merging.registry import METHODS, MODIFIERS, NEEDS_GROUPS
@@ -58,6 +60,15 @@ CART_DIFFERENCE_COLUMNS = (
     f"{CART_DIFFERENCE_COLUMN}{CI_HIGH_SUFFIX}",
 )
 CART_DIFFERENCE_HEADER = "vs CART"
+# On normalized rows of a run with the multi-task encoder: the row's accuracy over the multi-task model's, averaged
+# over tasks (percent), and its bootstrap interval; after the group column, so every other column stays put.
+MULTITASK_NORMALIZED_COLUMN = "multitask_normalized"
+MULTITASK_NORMALIZED_COLUMNS = (
+    MULTITASK_NORMALIZED_COLUMN,
+    f"{MULTITASK_NORMALIZED_COLUMN}{CI_LOW_SUFFIX}",
+    f"{MULTITASK_NORMALIZED_COLUMN}{CI_HIGH_SUFFIX}",
+)
+MULTITASK_NORMALIZED_HEADER = "normalized to multi-task"
 # What a row's method assumes besides θ_0 and the experts (`group_of`); the reference rows have none.
 GROUP_COLUMN = "group"
 # main_table's frame.attrs entry: (resamples, seed) of its intervals, for the notes under the rendered tables.
@@ -69,7 +80,7 @@ APPROXIMATE_VAL_NOTE_ATTR = "approximate_val_note"
 _CORRECTNESS_TOLERANCE = 1e-9
 SETTING_HEADER = "hyper-parameters"
 # Reference rows are matched to published numbers under these method names.
-REFERENCE_METHODS = {"zero-shot": "zeroshot", "individual": "individual"}
+REFERENCE_METHODS = {ZERO_SHOT_ROW: "zeroshot", INDIVIDUAL_ROW: "individual", MULTITASK_ROW: "multitask"}
 # The file's normalized accuracy must agree with accuracy / individual up to float noise;
 # a larger gap means the method was normalized against a different reference run.
 _NORMALIZATION_TOLERANCE = 1e-6
@@ -158,28 +169,33 @@ def main_table(
     `average_ci_high` of each number's 95% bootstrap interval over test images, and `cart_difference`
     (average − CART's average, same metric) with the bounds of its paired bootstrap interval; the
     intervals need `correctness` (every row's per-image test correctness, rows named as the method
-    entries and `zeroshot` / `individual`) and are empty without it, the CART columns are empty when no
-    method is `cart`. `resamples` and `seed`: see `mergeflow.report.bootstrap`. Last, `group`: what the
+    entries and `zero-shot` / `individual` / `multi-task`) and are empty without it, the CART columns are empty
+    when no method is `cart`. `resamples` and `seed`: see `mergeflow.report.bootstrap`. Then `group`: what the
     row's method needs (`group_of`; empty for the reference rows). Methods appear by group in GROUP_NOTES order
     (data-free, needs training data, needs the task at inference, test-time adaptation), within a group in the
     order of their first row in `results`.
+
+    When `reference` has the multi-task encoder's column (`multitask`), its row `multi-task` follows the
+    individual models', and the table ends with MULTITASK_NORMALIZED_COLUMNS: on normalized rows, the mean over
+    tasks of the row's accuracy over the multi-task model's (percent) and its bootstrap interval (the same ratio
+    on every resample), empty on absolute rows. Without it, the table is what it was without the feature.
     """
     task_list = _checked_tasks(tasks)
     numbers = published or {}
-    zeroshot, individual = _reference_test_accuracies(reference, task_list)
-    keys = [ZERO_SHOT_ROW, INDIVIDUAL_ROW]
-    fractions = [zeroshot, individual]
+    references = _reference_test_accuracies(reference, task_list)
+    individual = references[INDIVIDUAL_ROW]
+    keys = list(references)
+    fractions = list(references.values())
     accuracy_rows = [
         _table_row("accuracy", row, "", accuracy, published_for(REFERENCE_METHODS[row], numbers))
-        for row, accuracy in ((ZERO_SHOT_ROW, zeroshot), (INDIVIDUAL_ROW, individual))
+        for row, accuracy in references.items()
     ]
     normalized_rows = [
-        _table_row("normalized_accuracy", ZERO_SHOT_ROW, "", zeroshot / individual, None),
-        _table_row("normalized_accuracy", INDIVIDUAL_ROW, "", individual / individual, None),
+        _table_row("normalized_accuracy", row, "", accuracy / individual, None) for row, accuracy in references.items()
     ]
     methods = list(pd.unique(results["method"]))
     order = list(GROUP_NOTES)
-    groups = ["", ""]
+    groups = ["" for _ in references]
     for method in sorted(methods, key=lambda m: order.index(group_of(m))):
         groups.append(group_of(method))
         setting, accuracy, normalized = _best_test_accuracies(results, method, task_list, individual)
@@ -191,13 +207,15 @@ def main_table(
         accuracy_rows.append(_table_row("accuracy", name, setting, accuracy, published_for(method, numbers)))
         normalized_rows.append(_table_row("normalized_accuracy", name, setting, normalized, None))
     baseline = keys.index(BASELINE_METHOD) if BASELINE_METHOD in keys else None
-    absolute, relative = (None, None)
+    absolute, relative, over_multitask = (None, None, None)
     if correctness is not None:
         samples = resampled_accuracies(
             _correctness_matrices(correctness, keys, task_list, np.array(fractions)), resamples, seed
         )
         absolute = bootstrap_intervals(100.0 * samples, baseline)
-        relative = bootstrap_intervals(100.0 * _over_individual(samples, keys.index(INDIVIDUAL_ROW)), baseline)
+        relative = bootstrap_intervals(100.0 * _over_row(samples, keys.index(INDIVIDUAL_ROW)), baseline)
+        if MULTITASK_ROW in keys:
+            over_multitask = bootstrap_intervals(100.0 * _over_row(samples, keys.index(MULTITASK_ROW)))
     for rows, intervals in ((accuracy_rows, absolute), (normalized_rows, relative)):
         averages = [row[len(LEADING_COLUMNS) + len(task_list)] for row in rows]
         for index, row in enumerate(rows):
@@ -208,6 +226,12 @@ def main_table(
             row.append(group)
     columns = [*LEADING_COLUMNS, *task_list, *TRAILING_COLUMNS, *interval_columns(task_list), *CART_DIFFERENCE_COLUMNS,
                GROUP_COLUMN]  # fmt: skip
+    if MULTITASK_ROW in references:
+        for row in accuracy_rows:
+            row += [math.nan] * len(MULTITASK_NORMALIZED_COLUMNS)
+        for index, (row, accuracy) in enumerate(zip(normalized_rows, fractions, strict=True)):
+            row += _multitask_normalized_cells(accuracy, references[MULTITASK_ROW], over_multitask, index)
+        columns += MULTITASK_NORMALIZED_COLUMNS
     table = pd.DataFrame(accuracy_rows + normalized_rows, columns=columns)
     if correctness is not None:
         table.attrs[BOOTSTRAP_ATTR] = (resamples, seed)
@@ -227,7 +251,8 @@ def _correctness_matrices(
     if missing:
         raise InputError(
             f"no per-image correctness for row(s) {', '.join(missing)}; expected each method's "
-            f"<method>.correct.safetensors and reference.correct.safetensors ({ZERO_SHOT_ROW}, {INDIVIDUAL_ROW})"
+            f"<method>.correct.safetensors and reference.correct.safetensors ({ZERO_SHOT_ROW}, {INDIVIDUAL_ROW}, "
+            f"and {MULTITASK_ROW} in a run with the multi-task encoder)"
         )
     matrices = []
     for task_index, task in enumerate(tasks):
@@ -252,11 +277,25 @@ def _correctness_matrices(
     return matrices
 
 
-def _over_individual(samples: np.ndarray, individual: int) -> np.ndarray:
-    """Resampled normalized accuracy: each row over the individual model on the same resample (NaN over 0)."""
-    denominator = samples[:, [individual], :]
+def _over_row(samples: np.ndarray, reference: int) -> np.ndarray:
+    """Resampled normalized accuracy: each row over the reference row (the individual or the multi-task model) on
+    the same resample (NaN over 0)."""
+    denominator = samples[:, [reference], :]
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(denominator > 0, samples / denominator, np.nan)
+
+
+def _multitask_normalized_cells(
+    accuracy: pd.Series, multitask: pd.Series, intervals: BootstrapIntervals | None, row: int
+) -> list[float]:
+    """A normalized row's average accuracy over the multi-task model's (percent; a task it gets all wrong is NaN),
+    with the bounds of its interval."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(multitask.to_numpy() > 0, accuracy.to_numpy() / multitask.to_numpy(), np.nan)
+    value = 100.0 * math.fsum(ratios) / len(ratios)
+    if intervals is None:
+        return [value, math.nan, math.nan]
+    return [value, float(intervals.average_low[row]), float(intervals.average_high[row])]
 
 
 def _interval_cells(intervals: BootstrapIntervals | None, row: int, num_tasks: int) -> list[float]:
@@ -289,14 +328,16 @@ def _checked_tasks(tasks: Sequence[str]) -> list[str]:
     return task_list
 
 
-def _reference_test_accuracies(reference: pd.DataFrame, tasks: list[str]) -> tuple[pd.Series, pd.Series]:
-    """Zero-shot and individual test accuracy (fractions) indexed by task, in task order."""
+def _reference_test_accuracies(reference: pd.DataFrame, tasks: list[str]) -> dict[str, pd.Series]:
+    """Reference row → its test accuracy (fractions) indexed by task, in task order: zero-shot, individual and,
+    when `reference` has its column, multi-task."""
     test = reference[reference["split"] == "test"].set_index("task")
     missing = [task for task in tasks if task not in test.index]
     if missing:
         source = reference.attrs.get("source", "reference")
         raise InputError(f"{source}: no test row for task(s) {', '.join(missing)}; expected one per benchmark task")
-    return test.loc[tasks, "zeroshot"], test.loc[tasks, "individual"]
+    columns = {ZERO_SHOT_ROW: "zeroshot", INDIVIDUAL_ROW: "individual", MULTITASK_ROW: MULTITASK_COLUMN}
+    return {row: test.loc[tasks, column] for row, column in columns.items() if column in test.columns}
 
 
 def _best_test_accuracies(
@@ -338,7 +379,7 @@ def _table_row(
 
 def _is_reserved(column: str) -> bool:
     """A column of the table that is not a task: leading, trailing, CART difference or an interval bound."""
-    fixed = (*LEADING_COLUMNS, *TRAILING_COLUMNS, *CART_DIFFERENCE_COLUMNS, GROUP_COLUMN)
+    fixed = (*LEADING_COLUMNS, *TRAILING_COLUMNS, *CART_DIFFERENCE_COLUMNS, GROUP_COLUMN, MULTITASK_NORMALIZED_COLUMN)
     return column in fixed or column.endswith((CI_LOW_SUFFIX, CI_HIGH_SUFFIX))
 
 
@@ -411,12 +452,18 @@ def _has_cart_difference(table: pd.DataFrame, metric: str) -> bool:
     return CART_DIFFERENCE_COLUMN in table.columns and bool(rows[CART_DIFFERENCE_COLUMN].notna().any())
 
 
+def _has_multitask_normalized(table: pd.DataFrame, metric: str) -> bool:
+    rows = table[table["metric"] == metric]
+    return MULTITASK_NORMALIZED_COLUMN in table.columns and bool(rows[MULTITASK_NORMALIZED_COLUMN].notna().any())
+
+
 def _rendered_rows(table: pd.DataFrame, metric: str) -> list[tuple[str, list[str]]]:
     """Per row its group ("" for the reference rows) and its cells: method, task accuracies, average [interval],
-    [vs CART,] [published, difference,] hyper-parameters."""
+    [vs CART,] [normalized to multi-task [interval],] [published, difference,] hyper-parameters."""
     rows = table[table["metric"] == metric]
     tasks = task_columns(table)
     with_cart = _has_cart_difference(table, metric)
+    with_multitask = _has_multitask_normalized(table, metric)
     rendered = []
     for _, row in rows.iterrows():
         group = row.get(GROUP_COLUMN, "")
@@ -427,6 +474,10 @@ def _rendered_rows(table: pd.DataFrame, metric: str) -> list[tuple[str, list[str
             difference = row[CART_DIFFERENCE_COLUMN]
             bounds = _bounds(row, CART_DIFFERENCE_COLUMN)
             cells.append("" if pd.isna(difference) else _with_interval(difference, bounds, _signed_one_decimal))
+        if with_multitask:
+            value = row[MULTITASK_NORMALIZED_COLUMN]
+            bounds = _bounds(row, MULTITASK_NORMALIZED_COLUMN)
+            cells.append("" if pd.isna(value) else _with_interval(value, bounds, _one_decimal))
         if _has_published_columns(metric):
             cells += [
                 _optional(row[PUBLISHED_COLUMN], _one_decimal),
@@ -465,6 +516,11 @@ def _bootstrap_note(table: pd.DataFrame) -> str:
             f" {CART_DIFFERENCE_HEADER}: the row's average minus CART's, with the interval of that difference "
             "over the same resamples (paired); an interval that excludes 0 ranks the two on this test set."
         )
+    if _has_multitask_normalized(table, "normalized_accuracy"):
+        note += (
+            f" {MULTITASK_NORMALIZED_HEADER}: the row's accuracy divided by the multi-task model's, task by task "
+            "on the same resample, averaged over tasks."
+        )
     return note
 
 
@@ -482,7 +538,8 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
     """One metric as a GitHub Markdown table, numbers to one decimal."""
     published = [PUBLISHED_COLUMN, DIFFERENCE_COLUMN] if _has_published_columns(metric) else []
     cart = [CART_DIFFERENCE_HEADER] if _has_cart_difference(table, metric) else []
-    header = ["method", *_task_headers(table), AVERAGE_COLUMN, *cart, *published, SETTING_HEADER]
+    multitask = [MULTITASK_NORMALIZED_HEADER] if _has_multitask_normalized(table, metric) else []
+    header = ["method", *_task_headers(table), AVERAGE_COLUMN, *cart, *multitask, *published, SETTING_HEADER]
     alignment = [":---", *("---:" for _ in header[1:-1]), ":---"]
     lines = [_markdown_line(header), _markdown_line(alignment)]
     current = ""
@@ -523,11 +580,15 @@ def latex_tabular(table: pd.DataFrame, metric: str) -> str:
     tasks = task_columns(table)
     published = ["Published", r"$\Delta$"] if _has_published_columns(metric) else []
     cart = [CART_DIFFERENCE_HEADER] if _has_cart_difference(table, metric) else []
+    multitask = [MULTITASK_NORMALIZED_HEADER] if _has_multitask_normalized(table, metric) else []
     names = _task_headers(table)
-    header = [*(latex_escape(cell) for cell in ["Method", *names, "Average", *cart]), *published, "Hyper-parameters"]
+    header = [*(latex_escape(cell) for cell in ["Method", *names, "Average", *cart, *multitask]), *published,
+              "Hyper-parameters"]  # fmt: skip
+    # The rule under the reference rows: after the last of them (multi-task when the run has it).
+    last_reference = MULTITASK_ROW if (table["method"] == MULTITASK_ROW).any() else INDIVIDUAL_ROW
     lines = [
         f"% {METRIC_TITLES[metric]}",
-        r"\begin{tabular}{l" + "r" * (len(tasks) + 1 + len(cart) + len(published)) + "l}",
+        r"\begin{tabular}{l" + "r" * (len(tasks) + 1 + len(cart) + len(multitask) + len(published)) + "l}",
         r"\toprule",
         " & ".join(header) + r" \\",
         r"\midrule",
@@ -540,7 +601,7 @@ def latex_tabular(table: pd.DataFrame, metric: str) -> str:
                 lines.insert(len(lines) - 1, r"\midrule")
         current = group
         lines.append(" & ".join(latex_escape(cell) for cell in row) + r" \\")
-        if row[0] == INDIVIDUAL_ROW:
+        if row[0] == last_reference:
             lines.append(r"\midrule")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
