@@ -29,11 +29,13 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
+from safetensors.torch import load_file
 
 from mergeflow.adaptive.artefact import learned_movement
 from mergeflow.adaptive.settings import is_adaptive
 from mergeflow.merging.entries import base_method
 from mergeflow.merging.registry import METHODS
+from mergeflow.report.spectrum import KINDS
 from mergeflow.report.tables import GROUP_NOTES, display_name, group_of, method_display_name
 from mergeflow.tiny import TINY_TASKS
 
@@ -151,7 +153,14 @@ def seed_results(suite: Path, methods: Mapping[str, Mapping]) -> dict:
         "rank_curve": rank_curve,
         "seconds": seconds,
         "adaptation": adaptation,
+        "logit_scale": learned_logit_scale(results_dir / "models" / model),
+        "spectrum": spectrum_summary(suite),
     }
+
+
+def learned_logit_scale(model_dir: Path) -> float:
+    """θ_0's temperature, exp(logit_scale), as pre-training left it (the text tower's file carries it)."""
+    return float(load_file(model_dir / "text.safetensors")["logit_scale"].exp())
 
 
 def lam_inside_grid(methods: Mapping[str, Mapping], selected: Mapping[str, Mapping]) -> dict[str, bool]:
@@ -286,6 +295,19 @@ def report(results: Sequence[dict], methods: Mapping[str, Mapping], seeds: Seque
         ratios = [100 * t.loc["CART", "average"] / t.loc[MULTITASK, "average"] for t in tables]
         lines += ["", f"CART against the multi-task model: {mean_sd(gaps)} points, {mean_sd(ratios)}% of its average "
                   "accuracy (the paper: within 1–3%)."]  # fmt: skip
+    scales = ", ".join(f"{r['logit_scale']:.1f}" for r in results)
+    lines += ["", f"θ_0's learned temperature exp(logit_scale) per seed: {scales} (clamped at 100; CLIP ends at 100)."]
+    spectra = [r["spectrum"] for r in results]
+    if all(spectrum is not None for spectrum in spectra):
+        lines += ["", "Centered (θ_t − θ_avg) against original (θ_t − θ_0) task vectors, all attention and MLP "
+                  "matrices: interference I(k), the overlap of top-k singular subspaces across tasks, and "
+                  "reconstruction error R(k) of the rank-k truncation (seeds " + " / ".join(map(str, seeds)) + "):", "",
+                  "| k | I(k) centered | I(k) original | R(k) centered | R(k) original |",
+                  "| ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        for k in spectra[0].index:
+            cells = [" / ".join(f"{spectrum.loc[k, (value, kind)]:.3f}" for spectrum in spectra)
+                     for value in ("interference", "reconstruction_error") for kind in KINDS]  # fmt: skip
+            lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines += ["", "Findings (margin per seed; ≥ 0 means it held):", ""]
     per_seed = [findings(r, methods) for r in results]
     for name in per_seed[0]:
@@ -329,9 +351,6 @@ def main() -> None:
         times.append(run_seed(seeded_config(base, seed), workdir, args.cores))
         suite = workdir / "results" / base["benchmark"] / base["model"]["name"]
         results.append(seed_results(suite, methods))
-        spectrum = spectrum_summary(suite)
-        if spectrum is not None:
-            print(f"seed {seed}: spectrum (group all)\n{spectrum.round(3).to_string()}\n", flush=True)
     text = report(results, methods, args.seeds)
     print(text + f"\n\nWall time per seed: {', '.join(f'{t:.0f} s' for t in times)}")
     out = Path(args.out) if args.out else Path(args.workdir) / f"{base['benchmark']}_seeds.md"

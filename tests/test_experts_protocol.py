@@ -375,3 +375,18 @@ def test_readme_provenance_table_matches_the_registry() -> None:
         sizes = tall[task]["splits"]
         assert cells[2].startswith(f"{sizes['train']:,} / {sizes['val']:,} / "), task
         assert cells[6].rstrip(" |") == cart[task]["experts_trained_by"], task
+
+
+def test_tiny_val_size_holds_out_that_many_training_images(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    common = ["--task", "shapes", "--image-size", "16", "--train-size", "60", "--test-size", "10"]
+    _prepare(*common, "--out", str(tmp_path / "default"))
+    _prepare(*common, "--val-size", "25", "--out", str(tmp_path / "fixed"))
+    assert len(load_split(tmp_path / "default", "val")[1]) == 6  # the experts' 10%
+    train, val = load_split(tmp_path / "fixed", "train"), load_split(tmp_path / "fixed", "val")
+    assert (len(train[1]), len(val[1])) == (35, 25)
+    # Together they are the same 60 images either way: only the held-out share moves.
+    pooled = lambda d: sorted(  # noqa: E731
+        map(bytes, np.concatenate([load_split(d, s)[0] for s in ("train", "val")]).reshape(60, -1))
+    )
+    assert pooled(tmp_path / "fixed") == pooled(tmp_path / "default")
+    assert "expected 1 to train_size - 1" in _refused(caplog, *common, "--val-size", "60", "--out", str(tmp_path / "x"))

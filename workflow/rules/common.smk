@@ -241,6 +241,7 @@ def data_source_flags():
         return (
             f"--train-size {data['train_size']} --test-size {data['test_size']} --seed {data['seed']}"
             f" --domain-style {data['domain_style']} --split-shift {data['split_shift']}"
+            + (f" --val-size {data['val_size']}" if "val_size" in data else "")
         )
     flags = [] if WRITES_TRAIN else ["--no-train"]
     if data["source"] != "huggingface":
@@ -285,8 +286,9 @@ def task_flags():
     )
 
 
-# Above every sweep's priority (its length in val passes), so that a short figure job that is ready runs then.
-EARLY_REPORT_PRIORITY = 10000
+# Above every sweep's priority (its length in val passes): a job that should start as soon as it is ready (a short
+# figure job, the long multi-task fine-tune) runs then.
+START_WHEN_READY_PRIORITY = 10000
 
 
 def adaptation_priority(wildcards):

@@ -86,6 +86,9 @@ if MULTITASK:
             device=device_flag(),
             shipped=shipped_finetuned_flag(),
         threads: 1
+        # T × finetune.steps in one job, the longest of a tiny run: it starts first and the experts fill the other
+        # cores, instead of starting after them and running alone.
+        priority: START_WHEN_READY_PRIORITY
         resources:
             gpu=GPUS_PER_JOB,
             mem_mb=scaled("finetune_multitask", "mem_mb"),

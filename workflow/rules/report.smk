@@ -91,7 +91,7 @@ rule adaptation_figures:
         tasks=" ".join(TASKS),
         title=SUITE_LABEL,
     # Ready long before the tables: run it while the sweeps run, not after them.
-    priority: EARLY_REPORT_PRIORITY
+    priority: START_WHEN_READY_PRIORITY
     resources:
         mem_mb=scaled("aggregate", "mem_mb"),
         runtime=scaled("aggregate", "runtime"),
@@ -124,7 +124,7 @@ rule lambda_rank:
         tasks=" ".join(TASKS),
         title=SUITE_LABEL,
     # Ready long before the tables: run it while the sweeps run, not after them.
-    priority: EARLY_REPORT_PRIORITY
+    priority: START_WHEN_READY_PRIORITY
     resources:
         mem_mb=scaled("lambda_rank", "mem_mb"),
         runtime=scaled("lambda_rank", "runtime"),
@@ -170,7 +170,7 @@ rule spectrum:
         title=SUITE_LABEL,
     threads: 2
     # Ready long before the tables: run it while the sweeps run, not after them.
-    priority: EARLY_REPORT_PRIORITY
+    priority: START_WHEN_READY_PRIORITY
     resources:
         mem_mb=scaled("spectrum", "mem_mb"),
         runtime=scaled("spectrum", "runtime"),

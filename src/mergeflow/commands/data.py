@@ -27,6 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--train-size", type=int, default=None, help="tiny: examples in the full training split (val is held out)"
     )
     p.add_argument("--test-size", type=int, default=None, help="tiny: test examples")
+    p.add_argument(
+        "--val-size",
+        type=int,
+        default=None,
+        help="tiny: training examples held out as val (default: the experts' rule, 10%% of them, at most 5000)",
+    )
     p.add_argument("--seed", type=int, default=0, help="tiny: generator seed")
     p.add_argument(
         "--domain-style",
@@ -113,6 +119,7 @@ def _prepare_tiny(args: argparse.Namespace) -> dict[str, int]:
         seed=args.seed,
         style=args.domain_style,
         shift=args.split_shift,
+        val_size=args.val_size,
     )
 
 

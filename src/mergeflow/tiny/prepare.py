@@ -20,10 +20,18 @@ def prepare_tiny_task(
     seed: int,
     style: float,
     shift: float,
+    val_size: int | None = None,
 ) -> dict[str, int]:
-    """Write `task`'s train (val held out by `write_task`) and test splits to `out`; returns images per split."""
+    """Write `task`'s train, val and test splits to `out`; returns images per split.
+
+    Val is held out of the `train_size` training images: `val_size` of them, or by default the experts' rule
+    (10%, at most 5000) that `write_task` applies.
+    """
     spec = TINY_TASKS.get(task)
     if spec is None:
         raise InputError(f"--task {task!r}: unknown tiny task; expected one of {sorted(TINY_TASKS)}")
+    if val_size is not None and not 0 < val_size < train_size:
+        raise InputError(f"--val-size {val_size} (data.val_size): expected 1 to train_size - 1 = {train_size - 1}")
     train, test = task_splits(task, train_size, test_size, image_size, seed, style=style, shift=shift)
-    return write_task(out, task, TaskClasses(spec.classnames, spec.templates), train, test)
+    held_out = {} if val_size is None else {"val_fraction": 1.0, "max_val": val_size}
+    return write_task(out, task, TaskClasses(spec.classnames, spec.templates), train, test, **held_out)
