@@ -28,27 +28,22 @@ import numpy as np
 import torch
 import yaml
 
-from mergeflow.models.clip import ModelSpec, build_tokenizer, images_to_tensor, load_clip
-from mergeflow.models.heads import head_logits, zero_shot_head
+from mergeflow.evaluation.accuracy import accuracy, predict
+from mergeflow.models.clip import ModelSpec, build_tokenizer, load_clip
+from mergeflow.models.heads import zero_shot_head
 from mergeflow.tiny import TINY_TASKS
 from mergeflow.tiny.splits import task_splits
 from mergeflow.training.finetune import FinetuneSettings, finetune_image_encoder
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 CPU = torch.device("cpu")
+BATCH_SIZE = 256
 
 
 def design_split(task: str, args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     _, (images, labels) = task_splits(task, 0, args.design_size, args.image_size, args.design_seed,
                                       style=args.style, shift=args.shift)  # fmt: skip
     return images, labels
-
-
-def predictions(
-    visual: torch.nn.Module, head: torch.Tensor, scale: torch.Tensor, images: np.ndarray, spec: ModelSpec
-) -> np.ndarray:
-    with torch.no_grad():
-        return head_logits(visual(images_to_tensor(images, spec, CPU)), head, scale).argmax(1).numpy()
 
 
 def task_head(clip: torch.nn.Module, spec: ModelSpec, task: str) -> torch.Tensor:
@@ -64,13 +59,13 @@ def zeroshot(args: argparse.Namespace) -> None:
     for task in args.tasks:
         images, labels = design_split(task, args)
         head = task_head(clip, spec, task)
-        predicted = predictions(clip.visual, head, clip.logit_scale, images, spec)
+        predicted = predict(clip.visual, head, images, spec, CPU, BATCH_SIZE)
         classes = len(TINY_TASKS[task].classnames)
-        accuracy = 100.0 * (predicted == labels).mean()
-        ratios.append(accuracy * classes / 100.0)
+        percent = 100.0 * (predicted == labels).mean()
+        ratios.append(percent * classes / 100.0)
         cosines = (head @ head.t())[~torch.eye(classes, dtype=torch.bool)]  # rows are unit vectors
         top_share = np.bincount(predicted, minlength=classes).max() / len(predicted)
-        print(f"{task:12s} {classes:2d} classes: {accuracy:5.1f}% = {ratios[-1]:.2f}x chance; head cosine mean "
+        print(f"{task:12s} {classes:2d} classes: {percent:5.1f}% = {ratios[-1]:.2f}x chance; head cosine mean "
               f"{cosines.mean():.3f}, max {cosines.max():.3f}; top-class share {top_share:.2f}")  # fmt: skip
     print(f"weakest: {min(ratios):.2f}x chance")
 
@@ -93,12 +88,13 @@ def finetune(args: argparse.Namespace) -> None:
                                     warmup_steps=max(1, args.steps * 6 // 100), grad_clip=1.0, seed=0)  # fmt: skip
         theta_0 = {key: value.clone() for key, value in clip.visual.state_dict().items()}
         start = time.perf_counter()
-        scale = clip.logit_scale.detach()
-        finetune_image_encoder(clip.visual, head, scale, train, train_labels, spec, settings, CPU, progress=False)
+        finetune_image_encoder(
+            clip.visual, head, clip.logit_scale.detach(), train, train_labels, spec, settings, CPU, progress=False
+        )
         seconds = time.perf_counter() - start
         images, labels = design_split(task, args)
-        design = 100.0 * (predictions(clip.visual, head, scale, images, spec) == labels).mean()
-        seen = 100.0 * (predictions(clip.visual, head, scale, train[:500], spec) == train_labels[:500]).mean()
+        design = 100.0 * accuracy(clip.visual, head, images, labels, spec, CPU, BATCH_SIZE)
+        seen = 100.0 * accuracy(clip.visual, head, train[:500], train_labels[:500], spec, CPU, BATCH_SIZE)
         print(f"{task:12s} {args.steps} steps, lr {args.lr:g}, {args.train_size} images: design {design:5.1f}%, "
               f"train {seen:5.1f}%, ||τ||/||θ_0|| {relative_move(theta_0, clip.visual.state_dict()):.3f} "
               f"({seconds:.0f} s)", flush=True)  # fmt: skip
