@@ -9,6 +9,9 @@ its own directory under --workdir (kept, so a rerun only redoes what is missing)
   CART's, and the wall seconds of its jobs (its sweep, plus the data stage's statistics jobs it reads), by group,
 - for each finding of issue 11, in how many seeds it held, with the margin per seed,
 - the centered vs original row-space interference and reconstruction error at a few k,
+- each test-time adaptive method against the static merge it starts from (AdaMerging's start, task arithmetic
+  at λ 0.3, is evaluated on test once per seed with `mergeflow merge-eval` into results/seed_benchmark/, since the
+  workflow's own sweep evaluates test only at the λ selected on val),
 
 and writes the same as Markdown to --out. Run from the repository root:
 
@@ -91,15 +94,39 @@ def with_adaptive_methods(base: Mapping, overlay: Path) -> dict:
     return config
 
 
-def adaptation_start(suite: Path, method: str, settings: Mapping) -> float:
+def task_arithmetic_at(suite: Path, lam: float, tasks: Sequence[str], evaluation: Mapping) -> pd.DataFrame:
+    """Task arithmetic's rows at one λ, with test: its own sweep evaluates test only at the λ selected on val, and
+    AdaMerging starts elsewhere (0.3). Made once per run with the workflow's `mergeflow merge-eval`, into
+    <results>/seed_benchmark/, beside the workflow's own files."""
+    results_dir, model = suite.parents[1], suite.name
+    out = results_dir / "seed_benchmark" / f"task_arithmetic_lam{lam:g}.csv"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        command = [
+            "mergeflow", "merge-eval", "--method", "task_arithmetic", "--grid", json.dumps({"lam": lam}),
+            "--model-dir", str(results_dir / "models" / model), "--tasks", *tasks,
+            "--heads", *(str(results_dir / "heads" / model / f"{task}.safetensors") for task in tasks),
+            "--data", *(str(results_dir / "data" / task) for task in tasks),
+            "--finetuned", *(str(results_dir / "finetuned" / model / f"{task}.safetensors") for task in tasks),
+            "--reference", str(suite / "eval" / "reference.csv"), "--batch-size", str(evaluation["batch_size"]),
+            "--out", str(out), "--correct", str(out.with_suffix(".correct.safetensors")), "--threads", "1",
+            "--no-progress",
+        ]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            out.unlink(missing_ok=True)
+            sys.exit(f"mergeflow merge-eval (task arithmetic at λ {lam:g}) failed for {suite}:\n{done.stderr[-4000:]}")
+    return pd.read_csv(out)
+
+
+def adaptation_start(suite: Path, method: str, settings: Mapping, tasks: Sequence[str], evaluation: Mapping) -> float:
     """Test average of the static merge an adaptive method starts from: task arithmetic at AdaMerging's initial
     λ, or CART's val-selected merge for the methods that start there."""
     if method == "adamerging":
-        rows = pd.read_csv(suite / "eval" / "task_arithmetic.csv")
-        start = rows[(rows["split"] == "test") & (rows["lam"] == float(settings["init"]))]
+        rows = task_arithmetic_at(suite, float(settings["init"]), tasks, evaluation)
     else:
         rows = pd.read_csv(suite / "eval" / "cart.csv")
-        start = rows[(rows["split"] == "test") & rows["best"]]
+    start = rows[(rows["split"] == "test") & rows["best"]]
     if start.empty:
         sys.exit(f"{suite}: no test rows of {method}'s starting merge")
     return _test_average(start)
@@ -116,7 +143,7 @@ def job_seconds(results_dir: Path, benchmark: str, model: str, method: str, task
     return sum(float(pd.read_csv(path, sep="\t")["s"].iloc[-1]) for path in files)
 
 
-def seed_results(suite: Path, methods: Mapping[str, Mapping]) -> dict:
+def seed_results(suite: Path, methods: Mapping[str, Mapping], evaluation: Mapping) -> dict:
     """Test averages, per-task accuracies, selected settings, job times and the CART rank curve of one finished
     run."""
     reference = pd.read_csv(suite / "eval" / "reference.csv")
@@ -135,7 +162,7 @@ def seed_results(suite: Path, methods: Mapping[str, Mapping]) -> dict:
         seconds[method] = job_seconds(results_dir, benchmark, model, method, list(test_reference.index))
         if is_adaptive(method):
             movement = learned_movement(suite / "eval" / f"{method}.learned.safetensors")
-            start = adaptation_start(suite, method, methods[method])
+            start = adaptation_start(suite, method, methods[method], list(test_reference.index), evaluation)
             adaptation[method] = {
                 **movement,
                 "start": start,
@@ -350,7 +377,7 @@ def main() -> None:
         workdir = Path(args.workdir) / f"{base['benchmark']}-seed{seed}"
         times.append(run_seed(seeded_config(base, seed), workdir, args.cores))
         suite = workdir / "results" / base["benchmark"] / base["model"]["name"]
-        results.append(seed_results(suite, methods))
+        results.append(seed_results(suite, methods, base["evaluation"]))
     text = report(results, methods, args.seeds)
     print(text + f"\n\nWall time per seed: {', '.join(f'{t:.0f} s' for t in times)}")
     out = Path(args.out) if args.out else Path(args.workdir) / f"{base['benchmark']}_seeds.md"

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-TASKS = ["colours", "orientation", "position"]
+TASKS = ["colours", "sizes", "position"]
 RANKS = [0.0, 0.25, 1.0]
 
 REDUCTIONS = {
@@ -36,7 +36,7 @@ REDUCTIONS = {
         },
     },
     "tasks": TASKS,
-    "data": {"train_size": 400, "test_size": 150},
+    "data": {"train_size": 400, "val_size": 40, "test_size": 150},
     "pretrain": {"tasks": TASKS, "images_per_task": 300, "steps": 40, "batch_size": 64, "warmup_steps": 4},
     "finetune": {"steps": 60, "batch_size": 32, "warmup_steps": 5},
     # One more encoder fine-tuned on the three tasks at once: the tables' multi-task row.

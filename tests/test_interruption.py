@@ -19,13 +19,14 @@ CONFIG = copy.deepcopy(DEFAULT)
 CONFIG.update(
     benchmark="interrupted",
     tasks=["shapes", "colours"],
+    multitask=False,
     methods={
         "weight_averaging": {},
         "task_arithmetic": {"lam": [0.2, 0.3, 0.5]},
         "cart": {"rank": [0.0, 0.1, 0.5], "lam": [1.0, 2.0, 4.0]},
     },
 )
-CONFIG["data"].update(train_size=300, test_size=100)
+CONFIG["data"].update(train_size=300, val_size=30, test_size=100)
 # Never the shipped encoders: the first kill lands while a task fine-tunes.
 CONFIG["finetune"].update(steps=60, batch_size=32, shipped=None)
 # Run records (logs, timings) legitimately differ between runs; every other file must be identical.

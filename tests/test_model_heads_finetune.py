@@ -19,6 +19,7 @@ from mergeflow.models.clip import (
 )
 from mergeflow.models.heads import load_head, save_head, zero_shot_head
 from mergeflow.training.finetune import FinetuneSettings, finetune_image_encoder
+from mergeflow.training.optim import openclip_adamw
 from mergeflow.training.pretrain import clip_loss
 
 ARCH = {
@@ -185,6 +186,29 @@ def test_clip_loss_treats_same_caption_ids_as_positives() -> None:
     # Lower bound with soft targets: the targets' entropy, ln 2 for the two shared rows and columns.
     expected = 2 * np.log(2.0) / 3
     assert float(clip_loss(merged, merged, scale, shared_ids)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_pretraining_decays_weight_matrices_only_as_openclip_does() -> None:
+    torch.manual_seed(0)
+    clip = build_clip(tiny_clip_spec("toy-clip", ARCH))
+    before = {name: p.detach().clone() for name, p in clip.named_parameters()}
+    lr, weight_decay = 0.1, 0.5
+    optimizer = openclip_adamw(clip, lr, weight_decay)
+    for p in clip.parameters():
+        p.grad = torch.zeros_like(p)
+    # With zero gradients Adam's own update is 0, so one step shows the decay alone: θ ← θ (1 − lr · wd).
+    optimizer.step()
+    decayed = {name for name, p in clip.named_parameters() if not torch.equal(p, before[name])}
+    for name, p in clip.named_parameters():
+        if name in decayed:
+            torch.testing.assert_close(p.detach(), before[name] * (1 - lr * weight_decay))
+    assert "logit_scale" not in decayed
+    assert not any(".ln_" in name or name.endswith("bias") or name.startswith("ln_") for name in decayed)
+    assert {"visual.conv1.weight", "visual.proj", "text_projection", "token_embedding.weight"} <= decayed
+    assert all(before[name].ndim >= 2 for name in decayed)
+    assert sum(p.numel() for name, p in clip.named_parameters() if name in decayed) > 0.9 * sum(
+        p.numel() for p in clip.parameters()
+    )
 
 
 def test_build_head_with_the_experts_class_texts(model_dir: Path, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import yaml
 from mergeflow.commands.main import main
 from mergeflow.io import InputError, sha256_file
 from mergeflow.models.clip import load_clip, tiny_clip_spec
-from mergeflow.shipped.finetuned import FINETUNE_INPUTS, encoder_path, read_finetune_recipe
+from mergeflow.shipped.finetuned import FINETUNE_INPUTS, encoder_path, multitask_dir, read_finetune_recipe
 from mergeflow.shipped.theta0 import MODEL_FILES, install_shipped, read_recipe, recipe_differences, unmatched_settings
 from mergeflow.training.finetune import FinetuneSettings
 
@@ -97,6 +97,20 @@ def test_every_tiny8_task_ships_an_encoder_made_with_the_default_settings_on_the
         assert recipe["inputs"]["pretrained"] == theta_0
         assert sorted(recipe["inputs"]) == sorted(FINETUNE_INPUTS)  # files only, no result of a float computation
         assert sha256_file(encoder_path(SHIPPED_FINETUNED, task)) == recipe["sha256"]
+
+
+def test_the_tiny8_multitask_encoder_ships_with_the_default_settings_and_task_list() -> None:
+    default = config("config.yaml")
+    assert default["multitask"] is True
+    settings = FinetuneSettings(**{key: value for key, value in default["finetune"].items() if key != "shipped"})
+    folder = multitask_dir(SHIPPED_FINETUNED)
+    recipe = read_finetune_recipe(folder, default["benchmark"])
+    assert recipe is not None
+    assert recipe_differences(recipe["settings"], settings.as_recipe()) == []
+    assert recipe["tasks"] == default["tasks"]
+    assert recipe["inputs"]["pretrained"] == read_recipe(SHIPPED)["sha256"]["pretrained.safetensors"]
+    assert sorted(recipe["inputs"]["tasks"]) == sorted(default["tasks"])
+    assert sha256_file(encoder_path(folder, default["benchmark"])) == recipe["sha256"]
 
 
 def test_the_default_workflow_installs_the_shipped_encoder_it_would_fine_tune(tmp_path: Path) -> None:

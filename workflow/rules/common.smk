@@ -287,7 +287,7 @@ def task_flags():
 
 
 # Above every sweep's priority (its length in val passes): a job that should start as soon as it is ready (a short
-# figure job, the long multi-task fine-tune) runs then.
+# figure job, the long multi-task fine-tune and the data and heads it waits on) runs then.
 START_WHEN_READY_PRIORITY = 10000
 
 

@@ -10,6 +10,8 @@ rule prepare_data:
         options=data_source_flags(),
     # Real images are decoded in worker processes; the tiny generator is single-threaded.
     threads: 1 if config["data"]["source"] == "tiny" else 4
+    # Every later stage reads the data; preparing all tasks first lets the multi-task fine-tune start before the experts.
+    priority: START_WHEN_READY_PRIORITY
     resources:
         mem_mb=scaled("prepare_data", "mem_mb"),
         runtime=scaled("prepare_data", "runtime"),

@@ -11,6 +11,8 @@ rule build_head:
         device=device_flag(),
         class_texts=head_class_texts(),
     threads: 1
+    # Every fine-tune waits on the heads; building them all first lets the multi-task job start before the experts.
+    priority: START_WHEN_READY_PRIORITY
     resources:
         gpu=GPUS_PER_JOB,
         mem_mb=scaled("build_head", "mem_mb"),

@@ -49,7 +49,7 @@ TINY_TASKS: dict[str, TinyTask] = {
         ),
         TinyTask(
             "colours",
-            ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink"),
+            ("red", "orange", "yellow", "lime", "green", "cyan", "blue", "purple", "pink", "brown"),
             ("a photo of something {}.", "an object painted {}.", "the colour {}."),
         ),
         TinyTask(
@@ -61,6 +61,10 @@ TINY_TASKS: dict[str, TinyTask] = {
                 "checkerboard",
                 "polka dots",
                 "grid",
+                "crosshatch",
+                "zigzag",
+                "wavy lines",
+                "concentric rings",
             ),
             ("a {} pattern.", "a {} texture.", "a picture with a {} pattern."),
         ),
@@ -76,12 +80,31 @@ TINY_TASKS: dict[str, TinyTask] = {
         ),
         TinyTask(
             "orientation",
-            ("horizontal", "diagonal rising", "vertical", "diagonal falling"),
+            (
+                "horizontal",
+                "gently rising",
+                "diagonal rising",
+                "steeply rising",
+                "vertical",
+                "steeply falling",
+                "diagonal falling",
+                "gently falling",
+            ),
             ("a {} bar.", "a {} line.", "a {} stick."),
         ),
         TinyTask(
             "position",
-            ("top left", "top right", "bottom left", "bottom right", "centre"),
+            (
+                "top left",
+                "top centre",
+                "top right",
+                "middle left",
+                "centre",
+                "middle right",
+                "bottom left",
+                "bottom centre",
+                "bottom right",
+            ),
             ("an object in the {}.", "a shape at the {} of the picture.", "something placed at the {}."),
         ),
         TinyTask(
@@ -175,11 +198,13 @@ _COLOUR_SPECS = np.array(
         [0.000, 0.020, 0.75, 1.00, 0.70, 1.00],  # red
         [0.080, 0.015, 0.80, 1.00, 0.85, 1.00],  # orange
         [0.155, 0.015, 0.75, 1.00, 0.85, 1.00],  # yellow
-        [0.333, 0.040, 0.60, 1.00, 0.55, 0.95],  # green
+        [0.235, 0.015, 0.70, 1.00, 0.75, 1.00],  # lime
+        [0.350, 0.035, 0.60, 1.00, 0.55, 0.95],  # green
         [0.510, 0.020, 0.60, 1.00, 0.75, 1.00],  # cyan
         [0.635, 0.025, 0.70, 1.00, 0.70, 1.00],  # blue
         [0.775, 0.025, 0.55, 0.90, 0.50, 0.85],  # purple
         [0.905, 0.025, 0.35, 0.60, 0.90, 1.00],  # pink
+        [0.070, 0.020, 0.60, 0.90, 0.30, 0.50],  # brown: orange's hue, much darker
     ]
 )
 
@@ -214,6 +239,11 @@ _PATTERNS: tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], ...] = (
     lambda u, v: (np.floor(u) + np.floor(v)) % 2 == 0,  # checkerboard
     lambda u, v: (np.mod(u, 1.0) - 0.5) ** 2 + (np.mod(v, 1.0) - 0.5) ** 2 < 0.32**2,  # polka dots
     lambda u, v: (np.mod(u, 1.0) < 0.25) | (np.mod(v, 1.0) < 0.25),  # grid
+    # crosshatch: thin diagonal lines both ways
+    lambda u, v: (np.mod((u + v) / np.sqrt(2.0), 1.0) < 0.25) | (np.mod((u - v) / np.sqrt(2.0), 1.0) < 0.25),
+    lambda u, v: np.mod(v + np.abs(np.mod(u / 2.0, 1.0) - 0.5), 1.0) < 0.5,  # zigzag
+    lambda u, v: np.mod(v + 0.25 * np.sin(np.pi * u), 1.0) < 0.5,  # wavy lines
+    lambda u, v: np.mod(np.hypot(u, v), 1.0) < 0.5,  # concentric rings about the random phase point
 )
 
 
@@ -244,12 +274,13 @@ def _glyph_ink(labels: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.nda
 def _digits(rng: np.random.Generator, labels: np.ndarray, grid: Grid) -> Scene:
     n = len(labels)
     background, foreground = render.contrasting_colours(rng, n)
-    height = rng.uniform(0.5, 0.75, n)
-    width = height * (GLYPH_COLS / GLYPH_ROWS) * rng.uniform(0.85, 1.15, n)
-    shear = rng.uniform(-0.2, 0.2, n)  # italic slant, in glyph widths per glyph height
-    margin = 0.06 + np.abs(shear) * width
+    # Glyphs fill most of the image: at 32 pixels a 5x7 glyph any smaller blurs strokes into their neighbours.
+    height = rng.uniform(0.7, 0.9, n)
+    width = height * (GLYPH_COLS / GLYPH_ROWS) * rng.uniform(0.9, 1.1, n)
+    shear = rng.uniform(-0.1, 0.1, n)  # italic slant, in glyph widths per glyph height
+    margin = 0.04 + np.abs(shear) * width
     left = rng.uniform(margin, 1.0 - width - margin)
-    top = rng.uniform(0.06, 0.94 - height)
+    top = rng.uniform(0.04, 0.96 - height)
     rows = (grid.y - render.column(top)) / render.column(height) * GLYPH_ROWS
     slant = render.column(shear) * (0.5 - rows / GLYPH_ROWS) * render.column(width)
     cols = (grid.x - render.column(left) - slant) / render.column(width) * GLYPH_COLS
@@ -283,7 +314,8 @@ def _counting(rng: np.random.Generator, labels: np.ndarray, grid: Grid) -> Scene
 def _orientation(rng: np.random.Generator, labels: np.ndarray, grid: Grid) -> Scene:
     n = len(labels)
     background, foreground = render.contrasting_colours(rng, n)
-    angle = labels * (np.pi / 4) + rng.uniform(-0.14, 0.14, n)
+    # Classes are pi/8 apart; the jitter leaves a gap of pi/8 - 2 * 0.09 between neighbours.
+    angle = labels * (np.pi / 8) + rng.uniform(-0.09, 0.09, n)
     half_length = rng.uniform(0.25, 0.42, n)
     half_width = rng.uniform(0.035, 0.075, n)
     cx, cy = rng.uniform(0.35, 0.65, n), rng.uniform(0.35, 0.65, n)
@@ -292,18 +324,10 @@ def _orientation(rng: np.random.Generator, labels: np.ndarray, grid: Grid) -> Sc
     return Scene(render.downsample(bar, grid), background, foreground)
 
 
-# Per position class: ranges of the object's centre, (x_lo, x_hi, y_lo, y_hi); gaps between
-# the ranges keep every class unambiguous.
-_LOW, _HIGH, _MID = (0.16, 0.34), (0.66, 0.84), (0.42, 0.58)
-_POSITION_RANGES = np.array(
-    [
-        [*_LOW, *_LOW],  # top left
-        [*_HIGH, *_LOW],  # top right
-        [*_LOW, *_HIGH],  # bottom left
-        [*_HIGH, *_HIGH],  # bottom right
-        [*_MID, *_MID],  # centre
-    ]
-)
+# Per position class (row-major over a 3x3 grid): ranges of the object's centre, (x_lo, x_hi, y_lo, y_hi);
+# gaps between the ranges keep every class unambiguous.
+_THIRDS = ((0.14, 0.28), (0.43, 0.57), (0.72, 0.86))
+_POSITION_RANGES = np.array([[*_THIRDS[col], *_THIRDS[row]] for row in range(3) for col in range(3)])
 
 
 def _position(rng: np.random.Generator, labels: np.ndarray, grid: Grid) -> Scene:
@@ -311,7 +335,7 @@ def _position(rng: np.random.Generator, labels: np.ndarray, grid: Grid) -> Scene
     background, foreground = render.contrasting_colours(rng, n)
     x_lo, x_hi, y_lo, y_hi = _POSITION_RANGES[labels].T
     cx, cy = rng.uniform(x_lo, x_hi), rng.uniform(y_lo, y_hi)
-    radius = rng.uniform(0.07, 0.11, n)
+    radius = rng.uniform(0.07, 0.1, n)
     kinds = rng.choice(render.SOLID_SHAPES, n)
     u, v = render.local_coords(grid, cx, cy, radius, rng.uniform(-0.3, 0.3, n))
     return Scene(render.downsample(render.shape_mask(kinds, u, v), grid), background, foreground)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mergeflow.models.clip import ModelSpec, images_to_tensor
-from mergeflow.training.optim import adamw, cosine_with_warmup
+from mergeflow.training.optim import cosine_with_warmup, openclip_adamw
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def contrastive_pretrain(
     Returns the loss per step.
     """
     clip.to(device).train()
-    optimizer = adamw(clip.parameters(), settings.lr, settings.weight_decay)
+    optimizer = openclip_adamw(clip, settings.lr, settings.weight_decay)
     schedule = cosine_with_warmup(optimizer, settings.warmup_steps, settings.steps)
     generator = np.random.default_rng(settings.seed)
     losses: list[float] = []
@@ -85,8 +85,8 @@ def noisy_captions(
 ) -> tuple[list[str], list[int]]:
     """One caption per image and the id of the (task, class) it names.
 
-    With probability `noise` a caption names a random class of the same task: the knob that keeps the
-    pre-trained model's zero-shot accuracy well below what fine-tuning reaches, as on the real benchmarks.
+    With probability `noise` a caption names a random class of the same task, as web captions sometimes
+    describe something other than the image.
     """
     rng = np.random.default_rng(seed)
     offsets = dict(zip(class_counts, np.cumsum([0, *class_counts.values()])))
